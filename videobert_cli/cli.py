@@ -1,0 +1,150 @@
+"""The `videobert` command line: parses options and calls the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  every video was extracted
+  1  some videos failed (each is reported on stderr and in the JSON summary);
+     the others were written
+  2  usage, config or model error: nothing was extracted"""
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, stream=sys.stderr,
+                        format="videobert: %(levelname)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="videobert")
+def main() -> None:
+    """Per-clip multimodal (video + transcript) embeddings, written to HDF5 shards."""
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Output folder for shard-NNNNN.h5 files.")
+@click.option("--transcripts", "transcripts_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Folder of transcripts mirroring the inputs' layout (looked in before the video's own folder).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="YAML config file (keys as in configs/default.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
+@click.option("--clip-mode", type=click.Choice(["fixed", "cue"]), help="fixed windows, or one clip per cue.")
+@click.option("--clip-seconds", type=float, help="Window length in fixed mode [1.5].")
+@click.option("--frames-per-clip", type=int, help="Frames sampled per clip [4].")
+@click.option("--device", help="auto, cpu, cuda or cuda:N [auto].")
+@click.option("--batch-size", type=int, help="Frames per image-encoder batch [32].")
+@click.option("--video-model", help="torchvision backbone name [resnet50].")
+@click.option("--video-weights", help="Weights: torchvision name (IMAGENET1K_V2, DEFAULT), a state-dict file, "
+              "or 'random' (recorded as such).")
+@click.option("--text-model", help="BERT model folder or Hugging Face name [bert-base-uncased].")
+@click.option("--shard-size", type=int, help="Clips per shard at most [10000].")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), help="Stored feature dtype [float32].")
+@click.option("--fusion-checkpoint", help="Trained fusion weights (default: fixed-seed weights).")
+@click.option("--save-frames/--no-save-frames", default=None, help="Also store per-frame image features.")
+@click.option("--save-tokens/--no-save-tokens", default=None, help="Also store per-token text features and ids.")
+@click.option("--overwrite", is_flag=True, help="Replace the shards already in the output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings; errors only.")
+def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None, config_file: Path | None,
+            overrides: tuple[str, ...], overwrite: bool, quiet: bool, **flags: object) -> None:
+    """Extract one fused embedding per clip from videos and their transcripts.
+
+    INPUTS are video files, folders (searched recursively) or '-' to read
+    newline-separated paths from stdin. Progress and errors go to stderr; one
+    JSON summary line goes to stdout.
+    """
+    _setup_logging(quiet)
+    from .discover import discover
+    from .models import ModelError
+    from .pipeline import Extractor, prepare_output, run_extract
+
+    try:
+        config = load_config(config_file, overrides, flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        videos, problems = discover(inputs, transcripts_dir, stdin=sys.stdin)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not videos and not problems:
+        click.echo(f"videobert: error: no videos found in {', '.join(inputs)}", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        prepare_output(out_dir, overwrite)
+    except (FileExistsError, OSError) as exc:
+        click.echo(f"videobert: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        extractor = Extractor(config)  # every model resolves before any video is decoded
+    except ModelError as exc:
+        click.echo(f"videobert: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if extractor.image.record.sha256 == "random":
+        logging.getLogger("videobert").warning("video weights are RANDOM (untrained); recorded in the shards")
+
+    from tqdm import tqdm
+
+    show = not quiet and sys.stderr.isatty()
+    bar = tqdm(total=len(videos), unit="video", disable=not show, file=sys.stderr)
+    clips_bar = tqdm(unit="clip", disable=not show, file=sys.stderr, position=1)
+
+    def progress(_item: object, clips: int) -> None:
+        bar.update(1)
+        clips_bar.update(clips)
+
+    summary = run_extract(videos, problems, out_dir, extractor, on_video=progress)
+    bar.close()
+    clips_bar.close()
+    click.echo(json.dumps(summary.to_dict()))
+    sys.exit(EXIT_FAILED if summary.videos_failed else EXIT_OK)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+def info(out_dir: Path, as_json: bool) -> None:
+    """Describe an output folder: videos, clips, dims, models, config."""
+    from .reader import FeatureError, open_features
+
+    try:
+        features = open_features(out_dir)
+        report = features.describe()
+    except (FeatureError, OSError) as exc:
+        click.echo(f"videobert: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        pass
+    if as_json:
+        click.echo(json.dumps(report, indent=None, sort_keys=True))
+        return
+    dims = report["dims"]
+    lines = [
+        f"output:      {report['out_dir']} (schema v{report['schema_version']}, {len(report['shards'])} shard(s))",
+        f"videos:      {report['videos']} ({report['video_seconds']:.1f} s of video)",
+        f"clips:       {report['clips']} ({report['clips_with_text']} with text)",
+        f"dims:        fused {dims['fused']}, video {dims['video']}, text {dims['text']} ({report['feature_dtype']})",
+    ]
+    for model in report["models"]:
+        lines.append(f"{model['role'] + ' model:':<13}{model['name']} [{model['weights']}] sha256 {model['sha256'][:16]}"
+                     f"  ({model['source']})")
+    if report["video_weights_random"]:
+        lines.append("WARNING:     video weights are RANDOM (untrained)")
+    cfg = report["config"]
+    lines.append(f"clips:       {cfg['clip_mode']} mode, {cfg['clip_seconds']} s, {cfg['frames_per_clip']} frames/clip")
+    lines.append(f"decoders:    {report['decoders']}; transcripts: {report['transcript_formats']}")
+    if report["configs_differ"]:
+        lines.append("NOTE:        shards were written with different configs")
+    click.echo("\n".join(lines))

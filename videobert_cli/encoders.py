@@ -1,0 +1,161 @@
+"""The two encoders: a torchvision image backbone and a BERT text encoder.
+
+Preprocessing runs on the CPU (`ImageEncoder.preprocess`, tokenization inside
+`TextEncoder.encode_cues`), the forward passes on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import ModelError, ModelRecord, resolve_text_model, resolve_video_weights
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_HEAD_ATTRS = ("fc", "classifier", "head", "heads")
+
+
+def _strip_classifier(model: nn.Module) -> None:
+    for attr in _HEAD_ATTRS:
+        if isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, nn.Identity())
+            return
+    raise ModelError(f"{type(model).__name__}: no classifier head ({', '.join(_HEAD_ATTRS)}) to remove")
+
+
+class ImageEncoder:
+    """A torchvision classification backbone with its classifier removed."""
+
+    def __init__(self, model_name: str, weights: str, device: torch.device, image_size: int | None = None,
+                 resize_size: int | None = None) -> None:
+        from torchvision.models import get_model, get_model_weights
+
+        state, self.record, tv_weights = resolve_video_weights(model_name, weights)
+        model = get_model(model_name, weights=None)
+        if state is not None:
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise ModelError(f"{self.record.source}: does not fit {model_name} ({first})") from None
+        _strip_classifier(model)
+        # Preprocessing from the weights' metadata; random or file weights use the
+        # architecture's default recipe.
+        meta = tv_weights or get_model_weights(model_name).DEFAULT
+        recipe = meta.transforms()
+        self.resize_size = int(resize_size or _first(recipe.resize_size))
+        self.crop_size = int(image_size or _first(recipe.crop_size))
+        self.mean = torch.tensor(recipe.mean or IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(recipe.std or IMAGENET_STD).view(1, 3, 1, 1)
+        self.device = device
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, self.crop_size, self.crop_size, device=device)
+            self.feature_dim = int(self.model(probe).shape[-1])
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """(n, H, W, 3) uint8 RGB -> (n, 3, crop, crop) float, normalised (CPU)."""
+        from torchvision.transforms.v2 import functional as F
+
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # NHWC -> NCHW
+        x = F.resize(x, [self.resize_size], antialias=True)  # short side
+        x = F.center_crop(x, [self.crop_size, self.crop_size])
+        x = x.float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """(n, 3, h, w) -> (n, feature_dim) float32 on the CPU, in batches of `batch_size` frames."""
+        out = []
+        for i in range(0, len(pixels), batch_size):
+            chunk = pixels[i : i + batch_size].to(self.device, non_blocking=True)
+            chunk = chunk.contiguous(memory_format=torch.channels_last)
+            out.append(self.model(chunk).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
+
+
+def _first(value: int | list[int] | tuple[int, ...]) -> int:
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+@dataclass
+class WordTokens:
+    """Contextual token features of one word (a word may be several word pieces)."""
+
+    features: torch.Tensor  # (k, d)
+    ids: torch.Tensor  # (k,) int64
+
+
+class TextEncoder:
+    """BERT over whole cues with neighbouring words as context; features per word."""
+
+    def __init__(self, name: str, device: torch.device, max_length: int = 128, context_words: int = 16,
+                 batch_size: int = 64) -> None:
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        folder, self.record = resolve_text_model(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.model = AutoModel.from_pretrained(str(folder)).eval().to(device)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{folder}: cannot load text model ({str(exc).splitlines()[0]})") from None
+        if not self.tokenizer.is_fast:
+            raise ModelError(f"{folder}: needs a fast tokenizer (tokenizer.json) to map words to tokens")
+        self.device = device
+        self.max_length = max_length
+        self.context_words = context_words
+        self.batch_size = batch_size
+        self.feature_dim = int(self.model.config.hidden_size)
+        self.skipped_words = 0
+
+    def _units(self, cues: list[list[str]]) -> list[tuple[int, int, list[str], int, int]]:
+        """(cue, first word, words with context, offset of own words, own count) per encoder input."""
+        chunk = max(1, self.max_length // 2)  # own words per pass; leaves room for word pieces
+        units = []
+        for ci, words in enumerate(cues):
+            for first in range(0, len(words), chunk):
+                own = words[first : first + chunk]
+                before: list[str] = []
+                after: list[str] = []
+                if len(own) < self.context_words:
+                    # Short cue: borrow neighbouring words so BERT sees a sentence, not 3 words.
+                    prev_words = words[:first] or (cues[ci - 1] if ci > 0 else [])
+                    next_words = words[first + chunk :] or (cues[ci + 1] if ci + 1 < len(cues) else [])
+                    before = prev_words[-self.context_words :]
+                    after = next_words[: self.context_words]
+                units.append((ci, first, before + own + after, len(before), len(own)))
+        return units
+
+    @torch.inference_mode()
+    def encode_cues(self, cues: list[list[str]]) -> dict[tuple[int, int], WordTokens]:
+        """Token features for every word, keyed by (cue index, word position)."""
+        result: dict[tuple[int, int], WordTokens] = {}
+        units = self._units(cues)
+        for start in range(0, len(units), self.batch_size):
+            batch = units[start : start + self.batch_size]
+            enc = self.tokenizer([u[2] for u in batch], is_split_into_words=True, padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state.float().cpu()
+            for row, (ci, first, _, offset, count) in enumerate(batch):
+                word_ids = enc.word_ids(row)
+                positions: dict[int, list[int]] = {}
+                for tok, wid in enumerate(word_ids):
+                    if wid is not None and offset <= wid < offset + count:
+                        positions.setdefault(wid - offset, []).append(tok)
+                for j in range(count):
+                    toks = positions.get(j)
+                    if not toks:
+                        self.skipped_words += 1  # truncated away, or a word the tokenizer drops entirely
+                        continue
+                    result[(ci, first + j)] = WordTokens(hidden[row, toks].clone(), enc["input_ids"][row, toks].clone())
+        return result

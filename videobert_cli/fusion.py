@@ -1,0 +1,107 @@
+"""Bidirectional cross-modal attention: one fused vector per clip.
+
+For a clip with frame features V (F x d_img) and token features T (L x d_txt):
+
+    Hv = V Wv + bv                      (F x d)
+    Ht = T Wt + bt   (identity when d_txt == d)
+    Hv' = LayerNorm(Hv + MHA(Q=Hv, K=Ht, V=Ht, mask = padded tokens))   video attends to text
+    Ht' = LayerNorm(Ht + MHA(Q=Ht, K=Hv, V=Hv, mask = padded frames))   text attends to video
+    pv = mean over frames of Hv'
+    pt = mean over real tokens of Ht'
+    fused = (pv + pt) / 2
+
+A clip with no text has no keys for the video queries: the attention term is
+taken as 0, so Hv' = LayerNorm(Hv), and fused = pv (never NaN; `has_text` is
+False in the output). Without a checkpoint the weights come from
+`torch.manual_seed(seed)`, so the same seed gives the same module everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import ModelError, ModelRecord, sha256_file
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    video_dim: int
+    text_dim: int
+    dim: int = 768
+    heads: int = 8
+
+
+class CrossModalFusion(nn.Module):
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.video_proj = nn.Linear(config.video_dim, d)
+        self.text_proj = nn.Linear(config.text_dim, d) if config.text_dim != d else nn.Identity()
+        self.video_to_text = nn.MultiheadAttention(d, config.heads, batch_first=True)
+        self.text_to_video = nn.MultiheadAttention(d, config.heads, batch_first=True)
+        self.video_norm = nn.LayerNorm(d)
+        self.text_norm = nn.LayerNorm(d)
+
+    def forward(self, frames: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, F, d_img); tokens (B, L, d_txt); token_mask (B, L) True = real token;
+        frame_mask (B, F) True = real frame (default all). Returns (fused (B, d), has_text (B,))."""
+        batch, n_frames = frames.shape[:2]
+        if frame_mask is None:
+            frame_mask = torch.ones(batch, n_frames, dtype=torch.bool, device=frames.device)
+        if tokens.shape[1] == 0:  # no clip in the batch has text: one all-padding slot keeps shapes valid
+            tokens = tokens.new_zeros(batch, 1, tokens.shape[2])
+            token_mask = token_mask.new_zeros(batch, 1)
+        has_text = token_mask.any(dim=1)
+        # A row whose keys are all masked gives NaN in attention; unmask one slot there and zero its result.
+        safe_mask = token_mask.clone()
+        safe_mask[~has_text, 0] = True
+
+        hv = self.video_proj(frames)
+        ht = self.text_proj(tokens)
+        # Both directions attend to the projected inputs, not to each other's outputs.
+        v_att, _ = self.video_to_text(hv, ht, ht, key_padding_mask=~safe_mask, need_weights=False)
+        t_att, _ = self.text_to_video(ht, hv, hv, key_padding_mask=~frame_mask, need_weights=False)
+        hv = self.video_norm(hv + v_att * has_text[:, None, None])
+        ht = self.text_norm(ht + t_att)
+
+        fm = frame_mask.unsqueeze(-1).to(hv.dtype)
+        pv = (hv * fm).sum(1) / fm.sum(1).clamp(min=1)
+        tm = token_mask.unsqueeze(-1).to(ht.dtype)
+        pt = (ht * tm).sum(1) / tm.sum(1).clamp(min=1)
+        fused = torch.where(has_text[:, None], (pv + pt) / 2, pv)
+        return fused, has_text
+
+
+def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None) -> tuple[CrossModalFusion, ModelRecord]:
+    """A fusion module from a fixed seed, or from a checkpoint {"state_dict", "config"}."""
+    if checkpoint is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = CrossModalFusion(config)
+        return module.eval(), ModelRecord("fusion", "cross-modal-attention", f"seed:{seed}", "seed", f"seed:{seed}")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ModelError(f"fusion checkpoint not found: {path}")
+    blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
+        raise ModelError(f"{path}: not a fusion checkpoint (expected keys state_dict and config)")
+    saved = FusionConfig(**blob["config"])
+    if (saved.video_dim, saved.text_dim) != (config.video_dim, config.text_dim):
+        raise ModelError(
+            f"{path}: trained on features of width video={saved.video_dim}, text={saved.text_dim}; "
+            f"these models give video={config.video_dim}, text={config.text_dim}"
+        )
+    module = CrossModalFusion(saved)
+    module.load_state_dict(blob["state_dict"])
+    return module.eval(), ModelRecord("fusion", "cross-modal-attention", str(path), str(path.resolve()),
+                                      sha256_file(path), path.stat().st_size)
+
+
+def save_fusion(module: CrossModalFusion, path: Path, **extra: object) -> None:
+    torch.save({"state_dict": module.state_dict(), "config": asdict(module.config), **extra}, str(path))

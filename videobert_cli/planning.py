@@ -1,0 +1,155 @@
+"""Plan clips: pure functions from (duration, frame timestamps, transcript) to clips.
+
+No I/O here, so every rule can be tested without a video.
+
+* `fixed` mode: windows [k*L, (k+1)*L) for k = 0, 1, ... covering the video.
+  The final window ends at the video's end; if it is shorter than
+  `min_clip_seconds` it is dropped (unless it is the only one), and the words
+  in it are counted in the warnings.
+* `cue` mode: one clip per cue, its window clipped to [0, duration]; cues that
+  start at or after the end of the video are dropped and counted.
+* Sample times: `frames_per_clip` times at the centres of equal parts of the
+  window, each mapped to the frame being displayed at that time (the last frame
+  whose presentation timestamp is <= t), so variable-frame-rate files come out
+  right.
+* Word times: word i of a cue with n words and no word timestamps sits at
+  start + (i + 0.5) / n * (end - start). A word belongs to the window holding
+  its time (the final window also holds its end point).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .transcripts import Cue, Transcript, spread_untimed
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    time: float
+    cue: int  # index into the transcript's cues
+    position: int  # index among that cue's words
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    index: int
+    start: float
+    end: float
+    frame_indices: tuple[int, ...]
+    frame_times: tuple[float, ...]  # presentation time of each sampled frame
+    words: tuple[Word, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.text for w in self.words)
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    clips: tuple[ClipPlan, ...]
+    transcript: Transcript  # with times assigned if it was untimed
+    words: tuple[Word, ...]  # every word of the transcript, in time order
+    warnings: tuple[str, ...]
+
+
+def word_timeline(cues: tuple[Cue, ...] | list[Cue]) -> list[Word]:
+    """Every word with its time, sorted by time (ties keep transcript order)."""
+    words: list[Word] = []
+    for ci, cue in enumerate(cues):
+        tokens = cue.words
+        n = len(tokens)
+        if cue.word_times is not None and len(cue.word_times) == n:
+            times = list(cue.word_times)
+        else:
+            span = cue.end - cue.start
+            times = [cue.start + (i + 0.5) / n * span for i in range(n)]
+        words.extend(Word(text, t, ci, i) for i, (text, t) in enumerate(zip(tokens, times)))
+    words.sort(key=lambda w: (w.time, w.cue, w.position))
+    return words
+
+
+def fixed_windows(duration: float, clip_seconds: float, min_clip_seconds: float) -> list[tuple[float, float]]:
+    windows: list[tuple[float, float]] = []
+    k = 0
+    while k * clip_seconds < duration - _EPS:
+        start = k * clip_seconds
+        end = min((k + 1) * clip_seconds, duration)
+        if end - start + _EPS >= min_clip_seconds or k == 0:
+            windows.append((start, end))
+        k += 1
+    return windows
+
+
+def sample_frames(
+    start: float, end: float, count: int, frame_starts: np.ndarray
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Indices and times of the frames shown at `count` evenly spread times in [start, end)."""
+    times = start + (np.arange(count) + 0.5) * (end - start) / count
+    idx = np.searchsorted(frame_starts, times + _EPS, side="right") - 1
+    idx = np.clip(idx, 0, len(frame_starts) - 1)
+    return tuple(int(i) for i in idx), tuple(float(frame_starts[i]) for i in idx)
+
+
+def plan_clips(
+    duration: float,
+    frame_starts: np.ndarray,
+    transcript: Transcript,
+    *,
+    mode: str = "fixed",
+    clip_seconds: float = 1.5,
+    min_clip_seconds: float = 0.5,
+    frames_per_clip: int = 4,
+) -> VideoPlan:
+    if len(frame_starts) == 0 or duration <= 0:
+        raise ValueError("a video needs at least one frame and a positive duration")
+    frame_starts = np.asarray(frame_starts, dtype=np.float64)
+    transcript = spread_untimed(transcript, duration)
+    words = word_timeline(transcript.cues)
+    warnings: list[str] = []
+
+    if mode == "fixed":
+        windows = fixed_windows(duration, clip_seconds, min_clip_seconds)
+        times = np.array([w.time for w in words])
+        clip_words = []
+        for i, (start, end) in enumerate(windows):
+            last = i == len(windows) - 1
+            if len(times):
+                lo = np.searchsorted(times, start - _EPS, side="left")
+                hi = np.searchsorted(times, end + _EPS if last else end - _EPS, side="right" if last else "left")
+                clip_words.append(tuple(words[lo:hi]))
+            else:
+                clip_words.append(())
+        covered_until = windows[-1][1]
+        lost = sum(1 for w in words if w.time > covered_until + _EPS or w.time < -_EPS)
+        if lost:
+            warnings.append(f"{lost} word(s) timed after the last clip ({covered_until:.3f} s) are not in any clip")
+    elif mode == "cue":
+        windows, clip_words = [], []
+        by_cue: dict[int, list[Word]] = {}
+        for w in words:
+            by_cue.setdefault(w.cue, []).append(w)
+        past_end = 0
+        for ci, cue in enumerate(transcript.cues):
+            if cue.start >= duration - _EPS:
+                past_end += 1
+                continue
+            windows.append((cue.start, min(cue.end, duration)))
+            clip_words.append(tuple(sorted(by_cue.get(ci, []), key=lambda w: w.position)))
+        if past_end:
+            warnings.append(f"{past_end} cue(s) start after the video ends ({duration:.3f} s) and have no clip")
+        if not transcript.cues:
+            warnings.append("cue mode and no transcript cues: no clips")
+    else:
+        raise ValueError(f"unknown clip mode {mode!r}")
+
+    clips = []
+    for i, ((start, end), cw) in enumerate(zip(windows, clip_words)):
+        indices, times_ = sample_frames(start, end, frames_per_clip, frame_starts)
+        clips.append(ClipPlan(i, start, end, indices, times_, cw))
+    return VideoPlan(tuple(clips), transcript, tuple(words), tuple(warnings))

@@ -1,0 +1,190 @@
+"""Read an output folder of shards as one dataset.
+
+    from videobert_cli import open_features
+    feats = open_features("feats/")
+    feats.num_clips, feats.videos[0]["path"], feats.clip(0)["fused"]
+    dataset = feats.dataset(fields=("fused", "text"))   # a torch Dataset over every shard
+
+Shards are opened lazily and per process, so the Dataset works with
+DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch.utils.data
+
+from .writer import SCHEMA_VERSION, SHARD_GLOB
+
+CLIP_FIELDS = ("fused", "video_features", "text_features", "start", "end", "frame_times", "frame_indices",
+               "text", "has_text", "token_count")
+JSON_ATTRS = ("config", "models", "dims", "versions", "preprocess")
+
+
+class FeatureError(ValueError):
+    pass
+
+
+def shard_paths(out_dir: Path) -> list[Path]:
+    return sorted(Path(out_dir).glob(SHARD_GLOB))
+
+
+def read_attrs(handle: h5py.File) -> dict[str, Any]:
+    attrs = {}
+    for key, value in handle.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if key in JSON_ATTRS and isinstance(value, str):
+            value = json.loads(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        attrs[key] = value
+    return attrs
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    path: Path
+    first_clip: int  # global index of the shard's first clip
+    num_clips: int
+    first_video: int  # global index of the shard's first video
+
+
+class FeatureSet:
+    """All shards of an output folder; clip i is global over the shards, in file order."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        paths = shard_paths(self.out_dir)
+        if not paths:
+            raise FeatureError(f"{self.out_dir}: no shards ({SHARD_GLOB})")
+        self.shards: list[ShardIndex] = []
+        self.videos: list[dict[str, Any]] = []
+        self.attrs: list[dict[str, Any]] = []
+        total = 0
+        for path in paths:
+            with h5py.File(path, "r") as f:
+                attrs = read_attrs(f)
+                if attrs.get("schema_version") != SCHEMA_VERSION:
+                    raise FeatureError(f"{path}: schema version {attrs.get('schema_version')}, "
+                                       f"this reader knows {SCHEMA_VERSION}")
+                n = int(f["clips/start"].shape[0])
+                self.attrs.append(attrs)
+                columns = {k: f["videos"][k][()] for k in f["videos"]}
+                for row in range(len(columns["path"])):
+                    video = {k: _plain(v[row]) for k, v in columns.items()}
+                    video["warnings"] = json.loads(video["warnings"])
+                    video["shard"] = str(path)
+                    video["first_clip"] += total  # global clip index
+                    self.videos.append(video)
+            self.shards.append(ShardIndex(path, total, n, len(self.videos) - len(columns["path"])))
+            total += n
+        self.num_clips = total
+        self._handles: dict[Path, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def _file(self, path: Path) -> h5py.File:
+        if self._pid != os.getpid():  # h5py handles must not cross a fork
+            self._handles, self._pid = {}, os.getpid()
+        if path not in self._handles:
+            self._handles[path] = h5py.File(path, "r")
+        return self._handles[path]
+
+    def _locate(self, index: int) -> tuple[ShardIndex, int]:
+        if not 0 <= index < self.num_clips:
+            raise IndexError(index)
+        starts = [s.first_clip for s in self.shards]
+        shard = self.shards[int(np.searchsorted(starts, index, side="right")) - 1]
+        return shard, index - shard.first_clip
+
+    def clip(self, index: int, fields: Sequence[str] = CLIP_FIELDS) -> dict[str, Any]:
+        """One clip's fields, plus `video` (its row in `videos`) and, when saved, frames/tokens."""
+        shard, row = self._locate(index)
+        f = self._file(shard.path)
+        clips = f["clips"]
+        item: dict[str, Any] = {name: _plain(clips[name][row]) for name in fields if name in clips}
+        item["video"] = shard.first_video + int(clips["video"][row])
+        if "frame_features" in clips and "frame_features" in fields:
+            item["frame_features"] = clips["frame_features"][row]
+        if "tokens" in f and "tokens" in fields:
+            start, count = int(clips["token_start"][row]), int(clips["token_count"][row])
+            item["token_features"] = f["tokens/features"][start : start + count]
+            item["token_ids"] = f["tokens/ids"][start : start + count]
+        return item
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self.num_clips):
+            yield self.clip(i)
+
+    def array(self, name: str) -> np.ndarray:
+        """One clip field over every shard, concatenated (fits-in-RAM use)."""
+        parts = [self._file(s.path)["clips"][name][()] for s in self.shards]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def describe(self) -> dict[str, Any]:
+        """What `videobert info` prints: counts, dims, models, config."""
+        first = self.attrs[0]
+        configs = {json.dumps(a.get("config"), sort_keys=True) for a in self.attrs}
+        return {
+            "out_dir": str(self.out_dir),
+            "schema_version": first.get("schema_version"),
+            "shards": [str(s.path) for s in self.shards],
+            "videos": len(self.videos),
+            "clips": self.num_clips,
+            "clips_with_text": int(self.array("has_text").sum()),
+            "video_seconds": round(sum(v["duration"] for v in self.videos), 3),
+            "dims": first.get("dims"),
+            "feature_dtype": first.get("feature_dtype"),
+            "models": first.get("models"),
+            "video_weights_random": bool(first.get("video_weights_random")),
+            "config": first.get("config"),
+            "configs_differ": len(configs) > 1,
+            "created_utc": sorted(a.get("created_utc", "") for a in self.attrs),
+            "versions": first.get("versions"),
+            "decoders": {d: sum(v["decoder"] == d for v in self.videos) for d in {v["decoder"] for v in self.videos}},
+            "transcript_formats": {t: sum(v["transcript_format"] == t for v in self.videos)
+                                   for t in {v["transcript_format"] for v in self.videos}},
+        }
+
+    def dataset(self, fields: Sequence[str] = CLIP_FIELDS) -> "ClipDataset":
+        return ClipDataset(self, fields)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    def __init__(self, features: FeatureSet, fields: Sequence[str] = CLIP_FIELDS) -> None:
+        self.features = features
+        self.fields = tuple(fields)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.features.clip(index, self.fields)
+        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def open_features(out_dir: str | Path) -> FeatureSet:
+    return FeatureSet(out_dir)

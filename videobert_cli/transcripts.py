@@ -1,0 +1,186 @@
+"""Read a transcript file into timed cues.
+
+Formats: SubRip (.srt), WebVTT (.vtt) and the other formats pysubs2 reads
+(.ass, .ssa, .sub), Whisper-style JSON (.json) and plain text (.txt, untimed).
+What real files contain (BOM, CRLF, tags, NOTE/STYLE blocks, cue settings, cues
+out of order, overlapping, zero-length or empty cues, bytes that are not UTF-8)
+is handled here; anything that changed the text is reported in `warnings`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pysubs2
+
+SUBTITLE_FORMATS = {".srt": "srt", ".vtt": "vtt", ".ass": "ass", ".ssa": "ssa", ".sub": "microdvd"}
+TRANSCRIPT_EXTENSIONS = (".srt", ".vtt", ".json", ".txt", ".ass", ".ssa")
+
+# Tags pysubs2 leaves in place: WebVTT voice/class/lang spans, stray HTML, ASS overrides.
+_MARKUP = re.compile(r"</?[a-zA-Z][^<>]*>|\{\\[^{}]*\}")
+
+
+class TranscriptError(ValueError):
+    """A transcript that cannot be read at all."""
+
+
+@dataclass(frozen=True)
+class Cue:
+    """One transcript segment; `word_times` are given only when the file has them."""
+
+    start: float
+    end: float
+    text: str
+    word_times: tuple[float, ...] | None = None
+
+    @property
+    def words(self) -> list[str]:
+        return self.text.split()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    path: str | None
+    format: str  # srt | vtt | json | txt | ... | none
+    timed: bool
+    cues: tuple[Cue, ...]
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.cues
+
+
+NO_TRANSCRIPT = Transcript(path=None, format="none", timed=False, cues=())
+
+
+def clean_text(text: str) -> str:
+    """Plain words of a cue: no markup, entities decoded, whitespace collapsed."""
+    text = text.replace("\\N", " ").replace("\\n", " ")
+    text = _MARKUP.sub("", text)
+    text = html.unescape(text)
+    return " ".join(text.split())
+
+
+def decode_bytes(data: bytes, path: Path, warnings: list[str]) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        bad = text.count("\ufffd")
+        warnings.append(f"{path.name}: not valid UTF-8; {bad} undecodable byte sequence(s) replaced with U+FFFD")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _finish(cues: list[Cue], warnings: list[str]) -> tuple[Cue, ...]:
+    """Drop empty cues, fix negative or reversed times, sort by start."""
+    kept: list[Cue] = []
+    empty = negative = reversed_ = 0
+    for cue in cues:
+        if not cue.text:
+            empty += 1
+            continue
+        start, end = cue.start, cue.end
+        if start < 0 or end < 0:
+            negative += 1
+            start, end = max(start, 0.0), max(end, 0.0)
+        if end < start:
+            reversed_ += 1
+            end = start
+        kept.append(Cue(start, end, cue.text, cue.word_times))
+    if empty:
+        warnings.append(f"{empty} empty cue(s) skipped")
+    if negative:
+        warnings.append(f"{negative} cue(s) with negative times clamped to 0")
+    if reversed_:
+        warnings.append(f"{reversed_} cue(s) ending before they start made zero-length")
+    ordered = sorted(kept, key=lambda c: (c.start, c.end))
+    if ordered != kept:
+        warnings.append("cues out of order; sorted by start time")
+    return tuple(ordered)
+
+
+def _parse_subtitles(text: str, fmt: str, path: Path) -> list[Cue]:
+    try:
+        subs = pysubs2.SSAFile.from_string(text, format_=fmt)
+    except Exception as exc:  # pysubs2 raises several unrelated types on bad input
+        raise TranscriptError(f"{path}: cannot parse as {fmt}: {exc}") from None
+    return [Cue(e.start / 1000.0, e.end / 1000.0, clean_text(e.text)) for e in subs if not e.is_comment]
+
+
+def _parse_json(text: str, path: Path) -> list[Cue]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TranscriptError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    segments = doc.get("segments") if isinstance(doc, dict) else doc
+    if not isinstance(segments, list):
+        raise TranscriptError(f'{path}: expected {{"segments": [{{"start", "end", "text"}}, ...]}}')
+    cues = []
+    for i, seg in enumerate(segments):
+        try:
+            start, end = float(seg["start"]), float(seg["end"])
+            raw_text = str(seg.get("text", ""))
+        except (KeyError, TypeError, ValueError):
+            raise TranscriptError(f"{path}: segment {i} lacks numeric start/end") from None
+        word_times = None
+        words = seg.get("words")
+        if isinstance(words, list) and words:
+            # Whisper word timestamps: use them instead of interpolating.
+            try:
+                pairs = [(clean_text(str(w["word"])), 0.5 * (float(w["start"]) + float(w["end"]))) for w in words]
+            except (KeyError, TypeError, ValueError):
+                pairs = []
+            pairs = [(w, t) for w, t in pairs if w]
+            if pairs and all(len(w.split()) == 1 for w, _ in pairs):
+                raw_text = " ".join(w for w, _ in pairs)
+                word_times = tuple(t for _, t in pairs)
+        cues.append(Cue(start, end, clean_text(raw_text), word_times))
+    return cues
+
+
+def _parse_plain(text: str) -> list[Cue]:
+    # Untimed: one cue per non-empty line; times are assigned later from the duration.
+    return [Cue(0.0, 0.0, line) for line in (clean_text(x) for x in text.split("\n")) if line]
+
+
+def read_transcript(path: Path) -> Transcript:
+    """Parse `path`; raises TranscriptError when nothing usable can be read."""
+    suffix = path.suffix.lower()
+    warnings: list[str] = []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TranscriptError(f"{path}: cannot read transcript ({exc.strerror})") from None
+    text = decode_bytes(data, path, warnings)
+    if suffix == ".json":
+        cues, fmt, timed = _parse_json(text, path), "json", True
+    elif suffix == ".txt":
+        cues, fmt, timed = _parse_plain(text), "txt", False
+    elif suffix in SUBTITLE_FORMATS:
+        fmt, timed = SUBTITLE_FORMATS[suffix], True
+        cues = _parse_subtitles(text, fmt, path)
+    else:
+        raise TranscriptError(f"{path}: unknown transcript format {suffix!r}")
+    if text.strip() and not cues:
+        warnings.append(f"{path.name}: no cues could be read from a non-empty file")
+    return Transcript(str(path), fmt, timed, _finish(cues, warnings), tuple(warnings))
+
+
+def spread_untimed(transcript: Transcript, duration: float) -> Transcript:
+    """Give an untimed transcript's cues times, spreading its words evenly over `duration`."""
+    if transcript.timed or not transcript.cues:
+        return transcript
+    total = sum(len(c.words) for c in transcript.cues)
+    cues, done = [], 0
+    for cue in transcript.cues:
+        n = len(cue.words)
+        cues.append(Cue(duration * done / total, duration * (done + n) / total, cue.text))
+        done += n
+    return Transcript(transcript.path, transcript.format, False, tuple(cues), transcript.warnings)
