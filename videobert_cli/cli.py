@@ -22,9 +22,17 @@ Exit codes:
   2  usage, config or model error: nothing was extracted"""
 
 
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, stream=sys.stderr,
-                        format="videobert: %(levelname)s: %(message)s")
+def _setup_logging(quiet: bool) -> logging.Logger:
+    """Log lines go to the stderr of this invocation, one line each."""
+    logger = logging.getLogger("videobert_cli")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("videobert: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    logger.propagate = False
+    return logger
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,7 +74,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     newline-separated paths from stdin. Progress and errors go to stderr; one
     JSON summary line goes to stdout.
     """
-    _setup_logging(quiet)
+    log = _setup_logging(quiet)
     from .discover import discover
     from .models import ModelError
     from .pipeline import Extractor, prepare_output, run_extract
@@ -93,7 +101,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         click.echo(f"videobert: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     if extractor.image.record.sha256 == "random":
-        logging.getLogger("videobert").warning("video weights are RANDOM (untrained); recorded in the shards")
+        log.warning("video weights are RANDOM (untrained); recorded in the shards")
 
     from tqdm import tqdm
 

@@ -1,0 +1,124 @@
+"""Decoders return exactly the planned frames, at their real timestamps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from media import frame_image, read_index, write_audio_only, write_video
+
+from videobert_cli.decode import DecodeError, PyAVSource, open_video
+from videobert_cli.planning import plan_clips
+from videobert_cli.transcripts import NO_TRANSCRIPT
+
+VFR_TIMES = [0.0, 0.1, 0.2, 0.5, 0.6, 1.5, 1.55, 1.6, 2.9, 3.0]
+
+
+def test_constant_rate_timestamps_and_frames(tmp_path: Path) -> None:
+    path = tmp_path / "cfr.mp4"
+    times = write_video(path, fps=10, seconds=3)
+    source = open_video(path)
+    assert source.info.decoder == "decord"
+    assert source.info.frame_count == 30
+    np.testing.assert_allclose(source.info.frame_starts, times, atol=1e-6)
+    assert source.info.duration == pytest.approx(3.0)
+    assert (source.info.width, source.info.height) == (192, 108)
+    frames = source.read([0, 7, 29])
+    assert frames.shape == (3, 108, 192, 3) and frames.dtype == np.uint8
+    assert [read_index(f) for f in frames] == [0, 7, 29]
+
+
+def test_variable_frame_rate_maps_times_to_the_frame_on_screen(tmp_path: Path) -> None:
+    path = tmp_path / "vfr.mp4"
+    write_video(path, frame_times=VFR_TIMES)
+    source = open_video(path)
+    np.testing.assert_allclose(source.info.frame_starts, VFR_TIMES, atol=1e-6)
+    plan = plan_clips(source.info.duration, source.info.frame_starts, NO_TRANSCRIPT, frames_per_clip=4)
+    # First window [0, 1.5): samples at 0.1875, 0.5625, 0.9375, 1.3125 -> frames starting 0.1, 0.5, 0.6, 0.6
+    assert plan.clips[0].frame_indices == (1, 3, 4, 4)
+    for clip in plan.clips:
+        frames = source.read(sorted(set(clip.frame_indices)))
+        got = [read_index(f) for f in frames]
+        assert got == sorted(set(clip.frame_indices))
+        # Each sampled frame's timestamp is the real one from the file.
+        assert list(clip.frame_times) == [VFR_TIMES[i] for i in clip.frame_indices]
+
+
+@pytest.mark.parametrize("codec,suffix", [("libx264", ".mp4"), ("libvpx-vp9", ".webm"), ("mpeg4", ".avi")])
+def test_decord_and_pyav_give_the_same_frames(tmp_path: Path, codec: str, suffix: str) -> None:
+    path = tmp_path / f"clip{suffix}"
+    write_video(path, codec=codec, fps=10, seconds=2)
+    decord_source = open_video(path)
+    assert decord_source.info.decoder == "decord"
+    pyav_source = PyAVSource(path, 1, decord_source.info.codec, "test")
+    np.testing.assert_allclose(decord_source.info.frame_starts, pyav_source.info.frame_starts, atol=1e-3)
+    indices = list(range(decord_source.info.frame_count))
+    a, b = decord_source.read(indices), pyav_source.read(indices)
+    assert [read_index(f) for f in a] == indices
+    assert [read_index(f) for f in b] == indices
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+
+
+def test_b_frames_come_back_in_presentation_order(tmp_path: Path) -> None:
+    path = tmp_path / "bframes.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 192, 108, "yuv420p"
+        stream.options = {"crf": "10", "preset": "medium", "bf": "3", "g": "12"}
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, 192, 108), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    for source in (open_video(path), PyAVSource(path, 1, "h264", "test")):
+        assert source.info.frame_count == 40
+        assert source.info.frame_starts[0] == 0.0
+        assert [read_index(f) for f in source.read([0, 3, 13, 25, 39])] == [0, 3, 13, 25, 39]
+
+
+def test_hevc_goes_to_pyav_with_the_reason_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    write_video(path, codec="libx265", fps=10, seconds=1.5)
+    source = open_video(path)
+    assert source.info.decoder == "pyav"
+    assert "HEVC" in source.info.decoder_note
+    assert [read_index(f) for f in source.read([0, 5, 14])] == [0, 5, 14]
+
+
+def test_pyav_reads_out_of_order_and_repeated_indices(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    write_video(path, fps=10, seconds=2)
+    source = PyAVSource(path, 1, "h264", "test")
+    assert [read_index(f) for f in source.read([5, 5, 2, 19, 0])] == [5, 5, 2, 19, 0]
+
+
+@pytest.mark.parametrize(
+    "make,stage",
+    [
+        (lambda p: p.write_bytes(b""), "probe"),
+        (lambda p: p.write_text("this is not a video\n"), "probe"),
+        (lambda p: write_audio_only(p), "probe"),
+    ],
+    ids=["zero-bytes", "text-file", "audio-only"],
+)
+def test_unreadable_inputs_raise_a_one_line_decode_error(tmp_path: Path, make, stage: str) -> None:
+    path = tmp_path / "bad.mp4"
+    make(path)
+    with pytest.raises(DecodeError) as info:
+        open_video(path)
+    assert info.value.stage == stage
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    good = tmp_path / "good.mp4"
+    write_video(good, fps=10, seconds=2)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    with pytest.raises(DecodeError):
+        source = open_video(cut)
+        source.read(list(range(source.info.frame_count)))
