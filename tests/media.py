@@ -22,21 +22,20 @@ def frame_image(index: int, width: int, height: int) -> np.ndarray:
     # The lower part changes colour with the index so that encoders see motion.
     img[height // 4 :, :, 0] = (index * 37) % 256
     img[height // 4 :, :, 2] = (index * 11) % 256
-    block = width // INDEX_BITS
     for bit in range(INDEX_BITS):
         on = (index >> (INDEX_BITS - 1 - bit)) & 1
-        img[: height // 4, bit * block : (bit + 1) * block] = 255 if on else 0
+        left, right = round(bit * width / INDEX_BITS), round((bit + 1) * width / INDEX_BITS)
+        img[: height // 4, left:right] = 255 if on else 0
     return img
 
 
 def read_index(img: np.ndarray) -> int:
-    """Inverse of `frame_image` for an (H, W, 3) uint8 RGB frame."""
+    """Inverse of `frame_image` for an (H, W, 3) uint8 RGB frame, also after scaling."""
     height, width = img.shape[:2]
-    block = width // INDEX_BITS
     y = height // 8
     value = 0
     for bit in range(INDEX_BITS):
-        x = bit * block + block // 2
+        x = int((bit + 0.5) * width / INDEX_BITS)
         value = (value << 1) | int(img[y, x].mean() > 128)
     return value
 

@@ -122,3 +122,15 @@ def test_truncated_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
     with pytest.raises(DecodeError):
         source = open_video(cut)
         source.read(list(range(source.info.frame_count)))
+
+
+def test_large_frames_are_scaled_while_decoding_keeping_the_aspect_ratio(tmp_path: Path) -> None:
+    path = tmp_path / "wide.mp4"
+    write_video(path, fps=10, seconds=1, width=640, height=360)
+    source = open_video(path, short_side=72)
+    assert (source.info.width, source.info.height) == (640, 360)  # the video's own size is recorded
+    frames = source.read([0, 9])
+    assert frames.shape == (2, 72, 128, 3)
+    assert [read_index(f) for f in frames] == [0, 9]
+    # Not worth it for small frames: decoded as they are.
+    assert open_video(path, short_side=224).read([0]).shape == (1, 360, 640, 3)

@@ -256,3 +256,15 @@ def test_module_entry_point_runs() -> None:
     assert proc.returncode == 0 and "videobert" in proc.stdout
 
 
+
+
+def test_cue_mode_without_a_transcript_records_the_video_with_no_clips(corpus: dict[str, Path],
+                                                                       tiny_args: list[str]) -> None:
+    out = corpus["root"] / "cue-empty"
+    result = run(["extract", str(corpus["talks"] / "other" / "a.mp4"), "-o", str(out), "--clip-mode", "cue",
+                  *tiny_args])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["clips"] == 0
+    feats = open_features(out)
+    assert feats.num_clips == 0 and feats.videos[0]["clip_count"] == 0
+    assert any("no clips" in w for w in feats.videos[0]["warnings"])

@@ -77,7 +77,7 @@ def _probe_codec(path: Path) -> str:
 
 
 class DecordSource:
-    def __init__(self, path: Path, threads: int, codec: str) -> None:
+    def __init__(self, path: Path, threads: int, codec: str, short_side: int | None = None) -> None:
         self._reader = decord.VideoReader(str(path), num_threads=threads)
         n = len(self._reader)
         if n == 0:
@@ -85,6 +85,9 @@ class DecordSource:
         # decord gives float32 seconds; round to microseconds so 0.9 is stored as 0.9.
         stamps = np.round(self._reader.get_frame_timestamp(range(n)).astype(np.float64), 6)
         first = self._reader.get_batch([0]).asnumpy()
+        height, width = int(first.shape[1]), int(first.shape[2])
+        if short_side and min(height, width) > 2 * short_side:
+            self._resize_at_decode(path, threads, width, height, short_side)
         self.info = VideoInfo(
             decoder="decord",
             decoder_note="",
@@ -92,10 +95,26 @@ class DecordSource:
             frame_count=n,
             fps=float(self._reader.get_avg_fps()),
             duration=float(stamps[-1, 1]),
-            height=int(first.shape[1]),
-            width=int(first.shape[2]),
-            frame_starts=stamps[:, 0].astype(np.float64),
+            height=height,
+            width=width,
+            frame_starts=stamps[:, 0],
         )
+
+    def _resize_at_decode(self, path: Path, threads: int, width: int, height: int, short_side: int) -> None:
+        """Let decord scale large frames (4K) down while converting, instead of copying them whole.
+
+        decord's width/height stretch, so keep the aspect ratio here; the exact resize and crop
+        happen later. Some sizes make decord2 fail (a buffer size check), so the scaled reader is
+        tried on one frame and kept only if it gives the size asked for.
+        """
+        scale = short_side / min(width, height)
+        w, h = max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+        try:
+            scaled = decord.VideoReader(str(path), num_threads=threads, width=w, height=h)
+            if scaled.get_batch([0]).asnumpy().shape[1:3] == (h, w):
+                self._reader = scaled
+        except DECORD_ERRORS as exc:
+            log.debug("%s: decode-time resize to %dx%d failed (%s); decoding at full size", path, w, h, exc)
 
     def read(self, indices: list[int]) -> np.ndarray:
         return self._reader.get_batch(indices).asnumpy()
@@ -177,13 +196,17 @@ class PyAVSource:
         self._container.close()
 
 
-def open_video(path: Path, threads: int = 1) -> DecordSource | PyAVSource:
-    """Open `path` with the right decoder; raises DecodeError with a one-line reason."""
+def open_video(path: Path, threads: int = 1, short_side: int | None = None) -> DecordSource | PyAVSource:
+    """Open `path` with the right decoder; raises DecodeError with a one-line reason.
+
+    `short_side`: frames whose short side is over twice this may be scaled to it while decoding.
+    `info.width/height` are always the video's own (rotated) size.
+    """
     codec = _probe_codec(path)
     note = PYAV_CODECS.get(codec, "")
     if not note:
         try:
-            return DecordSource(path, threads, codec)
+            return DecordSource(path, threads, codec, short_side)
         except DecodeError:
             raise
         except DECORD_ERRORS as exc:

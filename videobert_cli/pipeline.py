@@ -127,7 +127,7 @@ class Extractor:
             except TranscriptError as exc:
                 raise VideoFailure(given, "transcript", str(exc)) from None
         try:
-            source = open_video(item.path, cfg.decode_threads)
+            source = open_video(item.path, cfg.decode_threads, self.image.resize_size)
         except DecodeError as exc:
             raise VideoFailure(given, exc.stage, str(exc)) from None
         try:
@@ -190,7 +190,7 @@ class Extractor:
     @torch.inference_mode()
     def _assemble(self, record: VideoRecord, clips: tuple[ClipPlan, ...], frame_features: torch.Tensor,
                   word_tokens: dict[tuple[int, int], WordTokens]) -> VideoResult:
-        n, d_txt = len(clips), self.text.feature_dim
+        n, d_txt, frames = len(clips), self.text.feature_dim, self.config.frames_per_clip
         tokens = [self._clip_tokens(c, word_tokens) for c in clips]
         counts = np.array([len(t.ids) for t in tokens], dtype=np.int32)
         fused = torch.zeros(n, self.fused_dim)
@@ -213,8 +213,8 @@ class Extractor:
             video=record,
             start=np.array([c.start for c in clips], dtype=np.float64),
             end=np.array([c.end for c in clips], dtype=np.float64),
-            frame_indices=np.array([c.frame_indices for c in clips], dtype=np.int64).reshape(n, -1),
-            frame_times=np.array([c.frame_times for c in clips], dtype=np.float64).reshape(n, -1),
+            frame_indices=np.array([c.frame_indices for c in clips], dtype=np.int64).reshape(n, frames),
+            frame_times=np.array([c.frame_times for c in clips], dtype=np.float64).reshape(n, frames),
             text=[c.text for c in clips],
             has_text=counts > 0,
             fused=fused.numpy(),

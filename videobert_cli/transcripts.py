@@ -86,14 +86,16 @@ def _finish(cues: list[Cue], warnings: list[str]) -> tuple[Cue, ...]:
         if not cue.text:
             empty += 1
             continue
-        start, end = cue.start, cue.end
-        if start < 0 or end < 0:
+        start, end, word_times = cue.start, cue.end, cue.word_times
+        if start < 0 or end < 0 or any(t < 0 for t in word_times or ()):
             negative += 1
             start, end = max(start, 0.0), max(end, 0.0)
+            if word_times is not None:
+                word_times = tuple(max(t, 0.0) for t in word_times)
         if end < start:
             reversed_ += 1
             end = start
-        kept.append(Cue(start, end, cue.text, cue.word_times))
+        kept.append(Cue(start, end, cue.text, word_times))
     if empty:
         warnings.append(f"{empty} empty cue(s) skipped")
     if negative:

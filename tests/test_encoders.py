@@ -1,0 +1,109 @@
+"""Encoders: image preprocessing and features, contextual text tokens per word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from videobert_cli.encoders import ImageEncoder, TextEncoder
+from videobert_cli.models import ModelError
+
+
+@pytest.fixture(scope="module")
+def image_encoder() -> ImageEncoder:
+    return ImageEncoder("resnet18", "random", torch.device("cpu"), image_size=64, resize_size=72)
+
+
+@pytest.fixture(scope="module")
+def text_encoder(tiny_bert: Path) -> TextEncoder:
+    return TextEncoder(str(tiny_bert), torch.device("cpu"), max_length=32, context_words=4, batch_size=3)
+
+
+def test_preprocess_is_rgb_nchw_resized_cropped_and_normalised(image_encoder: ImageEncoder) -> None:
+    frames = np.zeros((2, 90, 160, 3), dtype=np.uint8)
+    frames[..., 0] = 255  # pure red
+    x = image_encoder.preprocess(frames)
+    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = [(1 - mean[0]) / std[0], (0 - mean[1]) / std[1], (0 - mean[2]) / std[2]]
+    np.testing.assert_allclose(x[0, :, 32, 32].numpy(), expected, rtol=1e-4)
+
+
+def test_centre_crop_keeps_the_middle(image_encoder: ImageEncoder) -> None:
+    frames = np.zeros((1, 72, 288, 3), dtype=np.uint8)
+    frames[:, :, 112:176] = 255  # a white band in the middle third, 64 px wide after resize (72 short side)
+    x = image_encoder.preprocess(frames)
+    assert x[0, 0].min() > 2.0  # all white: the crop is the centre of the wide frame
+
+
+def test_backbone_features_without_the_classifier(image_encoder: ImageEncoder) -> None:
+    assert image_encoder.feature_dim == 512
+    pixels = image_encoder.preprocess(np.random.default_rng(0).integers(0, 255, (5, 72, 96, 3), dtype=np.uint8))
+    out = image_encoder.encode(pixels, batch_size=2)
+    assert out.shape == (5, 512) and torch.isfinite(out).all()
+    torch.testing.assert_close(image_encoder.encode(pixels, batch_size=5), out, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_from_a_state_dict_file(tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(3)
+    model = resnet18()
+    good = tmp_path / "mine.pth"
+    torch.save(model.state_dict(), good)
+    encoder = ImageEncoder("resnet18", str(good), torch.device("cpu"), image_size=64, resize_size=72)
+    assert encoder.record.source == str(good.resolve()) and len(encoder.record.sha256) == 64
+    assert torch.equal(encoder.model.conv1.weight, model.conv1.weight)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(ModelError, match="wrong.pth: does not fit resnet18"):
+        ImageEncoder("resnet18", str(wrong), torch.device("cpu"))
+    with pytest.raises(ModelError, match="not found"):
+        ImageEncoder("resnet18", str(tmp_path / "missing.pth"), torch.device("cpu"))
+    with pytest.raises(ModelError, match="unknown torchvision model"):
+        ImageEncoder("resnet_9000", "random", torch.device("cpu"))
+
+
+def test_short_cues_borrow_context_and_long_ones_are_chunked(text_encoder: TextEncoder) -> None:
+    cues = [["the", "big", "red", "square", "moves", "left"], ["hello"], ["a", "blue", "circle"]]
+    units = text_encoder._units(cues)
+    # (cue, first word, words with context, offset of own words, own count)
+    assert units[0] == (0, 0, cues[0], 0, 6)  # 6 words >= context_words (4): no context
+    assert units[1] == (1, 0, ["red", "square", "moves", "left", "hello", "a", "blue", "circle"], 4, 1)
+    assert units[2] == (2, 0, ["hello", "a", "blue", "circle"], 1, 3)
+    long_cue = [["red"] * 40]
+    chunks = text_encoder._units(long_cue)
+    assert [u[1] for u in chunks] == [0, 16, 32]  # max_length 32 -> 16 own words per pass
+    assert sum(u[4] for u in chunks) == 40
+
+
+def test_every_word_gets_its_own_contextual_tokens(text_encoder: TextEncoder) -> None:
+    cues = [["the", "red", "squares"], ["moves"], ["left", "and", "right"]]
+    tokens = text_encoder.encode_cues(cues)
+    assert set(tokens) == {(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1), (2, 2)}
+    vocab = text_encoder.tokenizer.convert_tokens_to_ids
+    assert tokens[(0, 2)].ids.tolist() == [vocab("square"), vocab("##s")]  # word pieces stay with their word
+    assert tokens[(0, 2)].features.shape == (2, 32)
+    # Context matters: "moves" alone is encoded differently from "moves" inside its sentence.
+    alone = text_encoder.encode_cues([["moves"]])[(0, 0)].features
+    assert not torch.allclose(alone, tokens[(1, 0)].features)
+    # Batching (and the padding it brings) does not change results.
+    batch_size = text_encoder.batch_size
+    text_encoder.batch_size = 1
+    try:
+        one_by_one = text_encoder.encode_cues(cues)
+    finally:
+        text_encoder.batch_size = batch_size
+    for key, value in tokens.items():
+        torch.testing.assert_close(one_by_one[key].features, value.features, rtol=1e-4, atol=1e-5)
+
+
+def test_text_model_folder_problems_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="text model folder not found"):
+        TextEncoder(str(tmp_path / "nope"), torch.device("cpu"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="has no config.json"):
+        TextEncoder(str(tmp_path / "empty"), torch.device("cpu"))
