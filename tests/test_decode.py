@@ -134,3 +134,26 @@ def test_large_frames_are_scaled_while_decoding_keeping_the_aspect_ratio(tmp_pat
     assert [read_index(f) for f in frames] == [0, 9]
     # Not worth it for small frames: decoded as they are.
     assert open_video(path, short_side=224).read([0]).shape == (1, 360, 640, 3)
+
+
+def test_rotation_metadata_is_applied_the_same_way_by_both_decoders(tmp_path: Path) -> None:
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 192, 108, "yuv420p"
+        stream.options = {"crf": "10", "preset": "ultrafast"}
+        stream.set_display_rotation(90)  # a phone held upright
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, 192, 108), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    decord_source = open_video(path)
+    pyav_source = PyAVSource(path, 1, "h264", "test")
+    a, b = decord_source.read([3]), pyav_source.read([3])
+    assert (decord_source.info.width, decord_source.info.height) == (108, 192)  # portrait, as displayed
+    assert a.shape == b.shape == (1, 192, 108, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+    assert read_index(np.rot90(a[0], k=3)) == 3  # the picture itself, turned upright
