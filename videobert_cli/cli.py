@@ -64,10 +64,13 @@ def main() -> None:
 @click.option("--fusion-checkpoint", help="Trained fusion weights (default: fixed-seed weights).")
 @click.option("--save-frames/--no-save-frames", default=None, help="Also store per-frame image features.")
 @click.option("--save-tokens/--no-save-tokens", default=None, help="Also store per-token text features and ids.")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), envvar="VIDEOBERT_MODELS_DIR",
+              help="Folder made by `videobert models fetch --to DIR`, searched first [$VIDEOBERT_MODELS_DIR].")
 @click.option("--overwrite", is_flag=True, help="Replace the shards already in the output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings; errors only.")
 def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None, config_file: Path | None,
-            overrides: tuple[str, ...], overwrite: bool, quiet: bool, **flags: object) -> None:
+            overrides: tuple[str, ...], models_dir: Path | None, overwrite: bool, quiet: bool,
+            **flags: object) -> None:
     """Extract one fused embedding per clip from videos and their transcripts.
 
     INPUTS are video files, folders (searched recursively) or '-' to read
@@ -96,7 +99,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         click.echo(f"videobert: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     try:
-        extractor = Extractor(config)  # every model resolves before any video is decoded
+        extractor = Extractor(config, models_dir)  # every model resolves before any video is decoded
     except ModelError as exc:
         click.echo(f"videobert: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -146,7 +149,7 @@ def info(out_dir: Path, as_json: bool) -> None:
         f"dims:        fused {dims['fused']}, video {dims['video']}, text {dims['text']} ({report['feature_dtype']})",
     ]
     for model in report["models"]:
-        lines.append(f"{model['role'] + ' model:':<13}{model['name']} [{model['weights']}] sha256 {model['sha256'][:16]}"
+        lines.append(f"{model['role'] + ' model:':<14}{model['name']} [{model['weights']}] sha256 {model['sha256'][:16]}"
                      f"  ({model['source']})")
     if report["video_weights_random"]:
         lines.append("WARNING:     video weights are RANDOM (untrained)")
@@ -156,3 +159,110 @@ def info(out_dir: Path, as_json: bool) -> None:
     if report["configs_differ"]:
         lines.append("NOTE:        shards were written with different configs")
     click.echo("\n".join(lines))
+
+
+def _config_options(func):
+    func = click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False),
+                        envvar="VIDEOBERT_MODELS_DIR", help="Models folder searched first [$VIDEOBERT_MODELS_DIR].")(func)
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key.")(func)
+    func = click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+                        help="YAML config file (as for extract).")(func)
+    return func
+
+
+def _load(config_file: Path | None, overrides: tuple[str, ...]):
+    try:
+        return load_config(config_file, overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.group()
+def models() -> None:
+    """List, fetch and verify the models a config uses."""
+
+
+@models.command("list")
+@_config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines (for scripts).")
+def models_list(config_file: Path | None, overrides: tuple[str, ...], models_dir: Path | None, as_json: bool) -> None:
+    """Where each model of the config resolves to, with size and sha256 (nothing is downloaded).
+
+    Exit 0 when every model resolves, 2 when one does not."""
+    from .models import ModelError, locate_text_model, locate_video_weights, sha256_file, text_weights_file
+
+    config = _load(config_file, overrides)
+    rows, failed = [], False
+    for role, name, weights in (("video", config.video_model, config.video_weights),
+                                ("text", config.text_model, config.text_model)):
+        row = {"role": role, "name": name, "weights": weights}
+        try:
+            if role == "video":
+                path, _ = locate_video_weights(name, weights, models_dir, download=False)
+            else:
+                path = text_weights_file(locate_text_model(name, models_dir, download=False))
+            if path is None:
+                row.update(source="random (untrained)", size_bytes=0, sha256="random")
+            else:
+                row.update(source=str(path.resolve()), size_bytes=path.stat().st_size, sha256=sha256_file(path))
+        except ModelError as exc:
+            failed = True
+            row.update(source=None, error=str(exc))
+        rows.append(row)
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+        elif row.get("error"):
+            click.echo(f"{row['role']:<6} {row['name']} [{row['weights']}]\n       NOT FOUND: {row['error']}")
+        else:
+            size = f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] else "-"
+            click.echo(f"{row['role']:<6} {row['name']} [{row['weights']}]\n       {row['source']}\n"
+                       f"       {size}, sha256 {row['sha256']}")
+    sys.exit(EXIT_USAGE if failed else EXIT_OK)
+
+
+@models.command("fetch")
+@_config_options
+@click.option("--to", "to", type=click.Path(path_type=Path, file_okay=False),
+              help="Put the files in this folder (copy it to an offline machine and pass --models-dir) "
+                   "instead of the default caches.")
+def models_fetch(config_file: Path | None, overrides: tuple[str, ...], models_dir: Path | None,
+                 to: Path | None) -> None:
+    """Download (or copy from caches and offline packages) what the config needs."""
+    from .models import ModelError, fetch_models
+
+    config = _load(config_file, overrides)
+    try:
+        for line in fetch_models(config.video_model, config.video_weights, config.text_model, to or models_dir):
+            click.echo(line)
+    except ModelError as exc:
+        click.echo(f"videobert: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@models.command("verify")
+@_config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines (for scripts).")
+def models_verify(config_file: Path | None, overrides: tuple[str, ...], models_dir: Path | None,
+                  as_json: bool) -> None:
+    """Load each model and check that its weights are trained, not random.
+
+    Exit 0 when all look trained, 1 when one looks untrained, 2 when one cannot be loaded."""
+    from .models import ModelError
+    from .verify import verify_models
+
+    config = _load(config_file, overrides)
+    try:
+        verdicts = verify_models(config.video_model, config.video_weights, config.text_model, models_dir)
+    except ModelError as exc:
+        click.echo(f"videobert: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    for v in verdicts:
+        if as_json:
+            click.echo(json.dumps({"role": v.role, "name": v.name, "trained": v.trained, "summary": v.summary,
+                                   "details": v.details}))
+        else:
+            click.echo(f"{v.role:<6} {'OK       ' if v.trained else 'UNTRAINED'} {v.name}\n       {v.summary}")
+            for detail in v.details[:1]:
+                click.echo(f"       {detail}")
+    sys.exit(EXIT_OK if all(v.trained for v in verdicts) else EXIT_FAILED)

