@@ -23,7 +23,7 @@ def test_folders_are_walked_recursively_by_extension_case_insensitively(tmp_path
         touch(tmp_path / "in" / name)
     videos, problems = discover([str(tmp_path / "in")])
     names = [v.relative.as_posix() for v in videos]
-    assert not problems
+    assert [(Path(p.given).name, p.reason) for p in problems] == [("g.srt", "transcript without a video of the same name")]
     assert sorted(names) == sorted(["b.mp4", "a.MKV", "sub/c.webm", "sub/deeper/d.Mov", "sub/e.ts", "h.WMV",
                                     "i.mpeg", "j.m4v", "k.flv", "l.avi", "m.mpg"])
     assert [str(v.path) for v in videos] == sorted(str(v.path) for v in videos)  # stable order
@@ -82,3 +82,12 @@ def test_transcripts_dir_mirrors_the_relative_layout(tmp_path: Path) -> None:
 def test_video_without_transcript(tmp_path: Path) -> None:
     (item,), _ = discover([str(touch(tmp_path / "talk.mp4"))])
     assert item.transcript is None
+
+
+def test_a_directory_named_like_a_video_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "in" / "x.mp4").mkdir(parents=True)
+    touch(tmp_path / "in" / "real.mp4")
+    videos, problems = discover([str(tmp_path / "in")])
+    assert [v.path.name for v in videos] == ["real.mp4"]
+    assert [(Path(p.given).name, p.reason) for p in problems] == [
+        ("x.mp4", "a directory named like a video file, with no videos in it")]

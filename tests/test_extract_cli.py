@@ -221,13 +221,18 @@ def test_paths_from_stdin(corpus: dict[str, Path], tiny_args: list[str]) -> None
     assert json.loads(result.stdout)["videos_done"] == 2
 
 
-def test_existing_output_needs_overwrite(corpus: dict[str, Path], tiny_args: list[str]) -> None:
+def test_rerun_skips_done_videos_and_overwrite_starts_afresh(corpus: dict[str, Path], tiny_args: list[str]) -> None:
     out = corpus["root"] / "again"
-    assert run(["extract", str(corpus["talks"] / "a.mp4"), "-o", str(out), *tiny_args]).exit_code == 0
+    first = run(["extract", str(corpus["talks"] / "a.mp4"), "-o", str(out), *tiny_args])
+    assert first.exit_code == 0 and json.loads(first.stdout)["videos_done"] == 1
     second = run(["extract", str(corpus["talks"] / "a.mp4"), "-o", str(out), *tiny_args])
-    assert second.exit_code == 2 and "--overwrite" in second.stderr
+    assert second.exit_code == 0
+    assert json.loads(second.stdout)["videos_skipped"] == 1 and json.loads(second.stdout)["videos_done"] == 0
     third = run(["extract", str(corpus["talks"] / "a.mp4"), "-o", str(out), "--overwrite", *tiny_args])
-    assert third.exit_code == 0 and len(list(out.glob("shard-*.h5"))) == 1
+    assert third.exit_code == 0 and json.loads(third.stdout)["videos_done"] == 1
+    assert [p.name for p in out.glob("shard-*.h5")] == ["shard-00000.h5"]
+    other = run(["extract", str(corpus["talks"] / "a.mp4"), "-o", str(out), "--clip-seconds", "2", *tiny_args])
+    assert other.exit_code == 2 and "other settings (clip_seconds)" in other.stderr
 
 
 def test_unresolvable_text_model_fails_before_decoding(corpus: dict[str, Path], tiny_args: list[str]) -> None:

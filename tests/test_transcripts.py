@@ -170,11 +170,20 @@ def test_valid_utf8_gives_no_encoding_warning(tmp_path):
     assert t.warnings == ()
 
 
-def test_garbage_srt_gives_no_cues_and_a_warning(tmp_path):
-    t = read_transcript(write(tmp_path, "junk.srt", "this is not a subtitle file\njust words\n"))
-    assert t.cues == ()
-    assert t.is_empty
-    assert any("junk.srt" in w and "no cues" in w for w in t.warnings)
+def test_garbage_srt_is_an_error_naming_the_file(tmp_path):
+    with pytest.raises(TranscriptError, match="junk.srt: no cue could be read"):
+        read_transcript(write(tmp_path, "junk.srt", "this is not a subtitle file\njust words\n"))
+
+
+def test_garbage_timestamps_are_an_error_not_silently_empty(tmp_path):
+    body = "1\n00:00:xx,000 --> banana\nhello\n\n2\n99:99 --> ??\nworld\n"
+    with pytest.raises(TranscriptError, match="unreadable cue timings"):
+        read_transcript(write(tmp_path, "bad.srt", body))
+
+
+def test_vtt_with_only_a_header_is_an_empty_transcript(tmp_path):
+    t = read_transcript(write(tmp_path, "empty.vtt", "WEBVTT\n\nNOTE nothing said\n"))
+    assert t.cues == () and not t.warnings
 
 
 def test_empty_srt_gives_no_cues_and_no_warning(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -12,14 +13,23 @@ import click
 from . import __version__
 from .config import ConfigError, load_config
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_LOCKED = 0, 1, 2, 3, 75
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  every video was extracted
-  1  some videos failed (each is reported on stderr and in the JSON summary);
-     the others were written
-  2  usage, config or model error: nothing was extracted"""
+  0    everything asked for is done (new videos extracted, the rest already were)
+  1    some videos failed, now or in an earlier run (see OUT/failures.jsonl,
+       --retry-failed); the others were written
+  2    usage, config or model error: nothing was extracted
+  3    the output could not be written (disk full, permissions): completed
+       shards are intact, rerun to finish
+  75   another run holds the output folder (use --wait to queue)
+  130  interrupted by SIGINT, 143 by SIGTERM: finished videos were written,
+       rerun to finish"""
+
+# Settings that change only how fast a run goes, not what it writes; all others must match
+# the shards already in an output folder for a run to add to it.
+EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size"}
 
 
 def _setup_logging(quiet: bool) -> logging.Logger:
@@ -66,21 +76,33 @@ def main() -> None:
 @click.option("--save-tokens/--no-save-tokens", default=None, help="Also store per-token text features and ids.")
 @click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), envvar="VIDEOBERT_MODELS_DIR",
               help="Folder made by `videobert models fetch --to DIR`, searched first [$VIDEOBERT_MODELS_DIR].")
-@click.option("--overwrite", is_flag=True, help="Replace the shards already in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Start afresh: delete the shards and failure log in the output folder.")
+@click.option("--retry-failed", is_flag=True, help="Process only the videos that failed in earlier runs.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed video (completed videos are written).")
+@click.option("--decode-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds a video's decoder may go without progress before it is killed and the video failed.")
+@click.option("--wait", is_flag=True, help="If another run holds the output folder, wait for it instead of exiting 75.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings; errors only.")
 def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None, config_file: Path | None,
-            overrides: tuple[str, ...], models_dir: Path | None, overwrite: bool, quiet: bool,
-            **flags: object) -> None:
+            overrides: tuple[str, ...], models_dir: Path | None, overwrite: bool, retry_failed: bool,
+            fail_fast: bool, decode_timeout: float, wait: bool, quiet: bool, **flags: object) -> None:
     """Extract one fused embedding per clip from videos and their transcripts.
 
     INPUTS are video files, folders (searched recursively) or '-' to read
     newline-separated paths from stdin. Progress and errors go to stderr; one
     JSON summary line goes to stdout.
+
+    Rerunning on the same output folder extracts only what is missing: videos
+    already in a completed shard are skipped (a video whose size or mtime
+    changed is extracted again and its new rows supersede the old), videos that
+    failed before are skipped unless they changed or --retry-failed is given.
+    Failures are appended to OUT/failures.jsonl.
     """
     log = _setup_logging(quiet)
     from .discover import discover
     from .models import ModelError
-    from .pipeline import Extractor, prepare_output, run_extract
+    from .outdir import LockHeld, OutputDir
+    from .pipeline import Extractor, OutputWriteError, RunOptions, run_extract
 
     try:
         config = load_config(config_file, overrides, flags)
@@ -93,13 +115,21 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     if not videos and not problems:
         click.echo(f"videobert: error: no videos found in {', '.join(inputs)}", err=True)
         sys.exit(EXIT_USAGE)
+    out = OutputDir(out_dir)
     try:
-        prepare_output(out_dir, overwrite)
-    except (FileExistsError, OSError) as exc:
+        out.lock(wait)
+    except LockHeld as exc:
         click.echo(f"videobert: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(EXIT_LOCKED)
+    except OSError as exc:
+        click.echo(f"videobert: error: cannot use output folder {out_dir} ({exc.strerror or exc})", err=True)
+        sys.exit(EXIT_OUTPUT)
     try:
+        out.remove_temporary()
+        if overwrite:
+            out.clear()
         extractor = Extractor(config, models_dir)  # every model resolves before any video is decoded
+        _check_same_setup(out, extractor)
     except ModelError as exc:
         click.echo(f"videobert: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -112,15 +142,64 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     bar = tqdm(total=len(videos), unit="video", disable=not show, file=sys.stderr)
     clips_bar = tqdm(unit="clip", disable=not show, file=sys.stderr, position=1)
 
-    def progress(_item: object, clips: int) -> None:
+    def progress(clips: int) -> None:
         bar.update(1)
         clips_bar.update(clips)
 
-    summary = run_extract(videos, problems, out_dir, extractor, on_video=progress)
-    bar.close()
-    clips_bar.close()
+    options = RunOptions(retry_failed=retry_failed, fail_fast=fail_fast, decode_timeout=decode_timeout)
+    previous = _install_stop_handlers(options.stop, log)
+    try:
+        summary = run_extract(videos, problems, out, extractor, options, on_video=progress)
+    except KeyboardInterrupt:
+        click.echo(json.dumps({"interrupted": True, "aborted": True}))
+        sys.exit(130)
+    except OutputWriteError as exc:
+        click.echo(f"videobert: error: {exc}", err=True)
+        click.echo(json.dumps({"error": str(exc)}))
+        sys.exit(EXIT_OUTPUT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        bar.close()
+        clips_bar.close()
+        out.unlock()
     click.echo(json.dumps(summary.to_dict()))
-    sys.exit(EXIT_FAILED if summary.videos_failed else EXIT_OK)
+    if summary.interrupted:
+        sys.exit(128 + int(options.stop.signal or signal.SIGINT))
+    sys.exit(EXIT_FAILED if summary.videos_failed or summary.videos_failed_before else EXIT_OK)
+
+
+def _install_stop_handlers(stop, log: logging.Logger) -> dict:
+    """First SIGINT/SIGTERM: finish cleanly; a second SIGINT: abort at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signal = signum
+        log.warning("%s: stopping after writing finished videos (Ctrl-C again aborts)",
+                    signal.Signals(signum).name)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, handler)
+    return previous
+
+
+def _check_same_setup(out, extractor) -> None:
+    """Refuse to add rows made with other settings or models to an output folder."""
+    from .models import ModelError
+
+    existing = out.existing_attrs()
+    if existing is None:
+        return
+    old, new = existing.get("config", {}), extractor.config.to_dict()
+    changed = sorted(k for k in set(old) | set(new) if k not in EXECUTION_KEYS and old.get(k) != new.get(k))
+    old_models = {m["role"]: m["sha256"] for m in existing.get("models", [])}
+    new_models = {m.role: m.sha256 for m in extractor.models}
+    changed += [f"{role} model" for role in new_models if old_models.get(role) != new_models[role]]
+    if changed:
+        raise ModelError(f"{out.path} holds shards made with other settings ({', '.join(changed)}); "
+                         "use the same settings to add to it, --overwrite to start afresh, or another -o")
 
 
 @main.command()

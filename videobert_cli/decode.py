@@ -64,12 +64,17 @@ class VideoInfo:
     frame_starts: np.ndarray  # (frame_count,) presentation time of each frame, seconds
 
 
-def _probe_codec(path: Path) -> str:
+def _probe_codec(path: Path) -> tuple[str, int]:
+    """(codec name, frame count an MP4/MOV sample table declares, else 0).
+
+    Other containers' counts are estimates (AVI's can be far off), so they are not used."""
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DecodeError("no video stream (audio-only or not a video)", stage="probe")
-            return container.streams.video[0].codec_context.name
+            stream = container.streams.video[0]
+            declared = int(stream.frames or 0) if "mp4" in container.format.name else 0
+            return stream.codec_context.name, declared
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
@@ -202,7 +207,16 @@ def open_video(path: Path, threads: int = 1, short_side: int | None = None) -> D
     `short_side`: frames whose short side is over twice this may be scaled to it while decoding.
     `info.width/height` are always the video's own (rotated) size.
     """
-    codec = _probe_codec(path)
+    codec, declared = _probe_codec(path)
+    source = _open(path, threads, short_side, codec)
+    found = source.info.frame_count
+    if declared and found < declared - 1:
+        source.close()
+        raise DecodeError(f"truncated: the container declares {declared} frames but only {found} are present")
+    return source
+
+
+def _open(path: Path, threads: int, short_side: int | None, codec: str) -> DecordSource | PyAVSource:
     note = PYAV_CODECS.get(codec, "")
     if not note:
         try:

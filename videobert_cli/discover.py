@@ -38,12 +38,24 @@ class InputProblem:
     reason: str
 
 
-def _walk(folder: Path) -> Iterable[Path]:
+ORPHAN_CHECKED = (".srt", ".vtt")  # subtitle files that only make sense next to a video
+
+
+def _walk(folder: Path, problems: list[InputProblem]) -> Iterable[Path]:
+    """Videos under `folder`; records directories named like videos that hold none, and
+    subtitle files with no video of the same stem beside them."""
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        for name in files:
-            if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
-                yield Path(root) / name
+        here = Path(root)
+        videos = [name for name in sorted(files) if Path(name).suffix.lower() in VIDEO_EXTENSIONS]
+        stems = {Path(name).stem for name in videos}
+        for name in sorted(files):
+            if Path(name).suffix.lower() in ORPHAN_CHECKED and Path(name).stem not in stems:
+                problems.append(InputProblem(str(here / name), "transcript without a video of the same name"))
+        if here != folder and here.suffix.lower() in VIDEO_EXTENSIONS and not videos and not dirs:
+            problems.append(InputProblem(str(here), "a directory named like a video file, with no videos in it"))
+        for name in videos:
+            yield here / name
 
 
 def find_transcript(video: Path, relative: Path, transcripts_dir: Path | None) -> tuple[Path | None, str]:
@@ -84,7 +96,7 @@ def discover(sources: Iterable[str], transcripts_dir: Path | None = None,
     for given in expanded:
         path = Path(given).expanduser()
         if path.is_dir():
-            for video in _walk(path):
+            for video in _walk(path, problems):
                 add(video, str(video), video.relative_to(path))
         elif path.is_file():
             add(path, given, Path(path.name))

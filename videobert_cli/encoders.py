@@ -47,6 +47,17 @@ def load_backbone(model_name: str, weights: str, models_root: Path | None = None
     return model.eval(), record, tv_weights
 
 
+def resize_crop(frames: np.ndarray, resize_size: int, crop_size: int) -> torch.Tensor:
+    """(n, H, W, 3) uint8 RGB -> (n, 3, crop, crop) uint8: short side resized (antialiased), centre crop.
+
+    Runs in the decode workers, so only uint8 crosses process boundaries."""
+    from torchvision.transforms.v2 import functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NHWC -> NCHW
+    x = F.resize(x, [resize_size], antialias=True)
+    return F.center_crop(x, [crop_size, crop_size]).contiguous()
+
+
 class ImageEncoder:
     """A torchvision classification backbone with its classifier removed."""
 
@@ -72,13 +83,11 @@ class ImageEncoder:
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(n, H, W, 3) uint8 RGB -> (n, 3, crop, crop) float, normalised (CPU)."""
-        from torchvision.transforms.v2 import functional as F
+        return self.normalize(resize_crop(frames, self.resize_size, self.crop_size))
 
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # NHWC -> NCHW
-        x = F.resize(x, [self.resize_size], antialias=True)  # short side
-        x = F.center_crop(x, [self.crop_size, self.crop_size])
-        x = x.float().div_(255.0)
-        return (x - self.mean) / self.std
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, h, w) uint8 -> float, scaled to [0, 1] and normalised with the weights' mean/std."""
+        return (pixels.float().div_(255.0) - self.mean) / self.std
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -18,13 +18,15 @@ False in the output). Without a checkpoint the weights come from
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from .models import ModelError, ModelRecord, sha256_file
+from .models import RANDOM, ModelError, ModelRecord, sha256_file
 
 
 @dataclass(frozen=True)
@@ -51,19 +53,31 @@ class CrossModalFusion(nn.Module):
                 frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, F, d_img); tokens (B, L, d_txt); token_mask (B, L) True = real token;
         frame_mask (B, F) True = real frame (default all). Returns (fused (B, d), has_text (B,))."""
-        batch, n_frames = frames.shape[:2]
-        if frame_mask is None:
-            frame_mask = torch.ones(batch, n_frames, dtype=torch.bool, device=frames.device)
         if tokens.shape[1] == 0:  # no clip in the batch has text: one all-padding slot keeps shapes valid
-            tokens = tokens.new_zeros(batch, 1, tokens.shape[2])
+            tokens = tokens.new_zeros(tokens.shape[0], 1, tokens.shape[2])
+            token_mask = token_mask.new_zeros(tokens.shape[0], 1)
+        hv, ht = self.project(frames, tokens)
+        return self.attend(hv, ht, token_mask, frame_mask)
+
+    def project(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-modality projections Hv (B, F, d) and Ht (B, L, d). Split from `attend` so that
+        scoring many (clip, text) pairs projects each clip and each text once."""
+        return self.video_proj(frames), self.text_proj(tokens)
+
+    def attend(self, hv: torch.Tensor, ht: torch.Tensor, token_mask: torch.Tensor,
+               frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both attention directions and the pooling on projected inputs; `forward` = attend(project)."""
+        batch, n_frames = hv.shape[:2]
+        if frame_mask is None:
+            frame_mask = torch.ones(batch, n_frames, dtype=torch.bool, device=hv.device)
+        if ht.shape[1] == 0:
+            ht = ht.new_zeros(batch, 1, ht.shape[2])
             token_mask = token_mask.new_zeros(batch, 1)
         has_text = token_mask.any(dim=1)
         # A row whose keys are all masked gives NaN in attention; unmask one slot there and zero its result.
         safe_mask = token_mask.clone()
         safe_mask[~has_text, 0] = True
 
-        hv = self.video_proj(frames)
-        ht = self.text_proj(tokens)
         # Both directions attend to the projected inputs, not to each other's outputs.
         v_att, _ = self.video_to_text(hv, ht, ht, key_padding_mask=~safe_mask, need_weights=False)
         t_att, _ = self.text_to_video(ht, hv, hv, key_padding_mask=~frame_mask, need_weights=False)
@@ -78,25 +92,77 @@ class CrossModalFusion(nn.Module):
         return fused, has_text
 
 
-def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None) -> tuple[CrossModalFusion, ModelRecord]:
-    """A fusion module from a fixed seed, or from a checkpoint {"state_dict", "config"}."""
+CHECKPOINT_FORMAT = "videobert-fusion"
+FEATURE_ROLES = ("video", "text")
+
+
+def feature_model_ids(models: Iterable[ModelRecord | Mapping[str, Any]]) -> list[dict[str, str]]:
+    """role, name and weights sha256 of the video and text models (what a fusion is trained on)."""
+    out = []
+    for model in models:
+        m = model.to_dict() if isinstance(model, ModelRecord) else dict(model)
+        if m.get("role") in FEATURE_ROLES:
+            out.append({"role": str(m["role"]), "name": str(m["name"]), "sha256": str(m["sha256"])})
+    return sorted(out, key=lambda m: FEATURE_ROLES.index(m["role"]))
+
+
+def _describe(models: list[dict[str, str]]) -> str:
+    return " and ".join(f"{m['role']} model {m['name']} (sha256 {m['sha256'][:12]})" for m in models)
+
+
+def check_feature_models(trained_on: list[dict[str, str]], actual: Iterable[ModelRecord | Mapping[str, Any]],
+                         source: str) -> None:
+    """Refuse a fusion trained on features from other models. Weights are compared by sha256; random
+    (untrained) weights have none, so for those the model name must match (and cannot say more)."""
+    have = {m["role"]: m for m in feature_model_ids(actual)}
+    for want in trained_on:
+        got = have.get(want["role"])
+        same = got is not None and got["sha256"] == want["sha256"] and (
+            want["sha256"] != RANDOM or got["name"] == want["name"])
+        if not same:
+            raise ModelError(
+                f"{source} was trained on features of {_describe(trained_on)}; these features come from "
+                f"{_describe(list(have.values())) or 'unrecorded models'}: refusing to mix them "
+                "(train a fusion on these features, or extract with the models it was trained on)")
+
+
+def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """A fusion checkpoint's contents: at least {"state_dict", "config"}; one written by `videobert
+    train` also has the alignment head, the feature models, training metrics and the data fingerprint."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ModelError(f"fusion checkpoint not found: {path}")
+    try:
+        blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle and zip errors come in many types
+        raise ModelError(f"{path}: cannot read as a fusion checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
+        raise ModelError(f"{path}: not a fusion checkpoint (expected keys state_dict and config)")
+    return blob
+
+
+def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None,
+                 feature_models: Iterable[ModelRecord | Mapping[str, Any]] | None = None,
+                 ) -> tuple[CrossModalFusion, ModelRecord]:
+    """A fusion module from a fixed seed, or from a checkpoint {"state_dict", "config", ...}.
+
+    With `feature_models` (the records of the models that make the features), a checkpoint that
+    records other feature models is refused."""
     if checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = CrossModalFusion(config)
         return module.eval(), ModelRecord("fusion", "cross-modal-attention", f"seed:{seed}", "seed", f"seed:{seed}")
     path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise ModelError(f"fusion checkpoint not found: {path}")
-    blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        raise ModelError(f"{path}: not a fusion checkpoint (expected keys state_dict and config)")
+    blob = read_checkpoint(path)
     saved = FusionConfig(**blob["config"])
     if (saved.video_dim, saved.text_dim) != (config.video_dim, config.text_dim):
         raise ModelError(
             f"{path}: trained on features of width video={saved.video_dim}, text={saved.text_dim}; "
             f"these models give video={config.video_dim}, text={config.text_dim}"
         )
+    if feature_models is not None and blob.get("feature_models"):
+        check_feature_models(blob["feature_models"], feature_models, str(path))
     module = CrossModalFusion(saved)
     module.load_state_dict(blob["state_dict"])
     return module.eval(), ModelRecord("fusion", "cross-modal-attention", str(path), str(path.resolve()),
@@ -104,4 +170,8 @@ def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None) -> tup
 
 
 def save_fusion(module: CrossModalFusion, path: Path, **extra: object) -> None:
-    torch.save({"state_dict": module.state_dict(), "config": asdict(module.config), **extra}, str(path))
+    """{"state_dict", "config", **extra}; written under a temporary name and renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": module.state_dict(), "config": asdict(module.config), **extra}, str(tmp))
+    os.replace(tmp, path)

@@ -10,47 +10,56 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from . import __version__
 from .config import ExtractConfig
-from .decode import DecodeError, open_video
 from .discover import InputProblem, VideoInput
 from .encoders import ImageEncoder, TextEncoder, WordTokens
 from .fusion import FusionConfig, build_fusion
 from .models import ModelError
-from .planning import ClipPlan, plan_clips
-from .transcripts import NO_TRANSCRIPT, TranscriptError, read_transcript
-from .writer import SHARD_GLOB, TMP_SUFFIX, ShardWriter, VideoRecord, VideoResult
+from .outdir import OutputDir
+from .planning import ClipPlan
+from .workers import Chunk, DecodeWorker, Failed, Header, VideoTask
+from .writer import ShardWriter, VideoRecord, VideoResult
 
 log = logging.getLogger(__name__)
 
 
 class VideoFailure(Exception):
-    def __init__(self, path: str, stage: str, reason: str) -> None:
+    def __init__(self, path: str, stage: str, reason: str, error_type: str = "Error") -> None:
         reason = " ".join(str(reason).split())  # always one line
         super().__init__(f"{path}: {stage}: {reason}")
-        self.path, self.stage, self.reason = path, stage, reason
+        self.path, self.stage, self.reason, self.error_type = path, stage, reason, error_type
+
+
+class Abandoned(Exception):
+    """The run was asked to stop while this video was in progress."""
 
 
 @dataclass
 class RunSummary:
     videos_total: int = 0
     videos_done: int = 0
+    videos_skipped: int = 0  # already in a completed shard, unchanged
+    videos_superseded: int = 0  # changed since extracted: extracted again
     videos_failed: int = 0
+    videos_failed_before: int = 0  # failed in an earlier run and unchanged: see --retry-failed
     clips: int = 0
     shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
     warnings: int = 0
     video_weights_random: bool = False
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,35 +122,47 @@ class Extractor:
             "feature_dtype": self.config.dtype,
         }
 
-    def process(self, item: VideoInput) -> VideoResult:
+    def task_for(self, item: VideoInput) -> VideoTask:
         cfg = self.config
-        given = item.given
-        try:
-            stat = item.path.stat()
-        except OSError as exc:
-            raise VideoFailure(given, "probe", exc.strerror or str(exc)) from None
-        transcript = NO_TRANSCRIPT
-        if item.transcript is not None:
+        return VideoTask(
+            path=str(item.path), transcript=str(item.transcript) if item.transcript else None,
+            clip_mode=cfg.clip_mode, clip_seconds=cfg.clip_seconds, min_clip_seconds=cfg.min_clip_seconds,
+            frames_per_clip=cfg.frames_per_clip, decode_threads=cfg.decode_threads,
+            resize_size=self.image.resize_size, crop_size=self.image.crop_size,
+            clips_per_chunk=max(1, cfg.batch_size // cfg.frames_per_clip),
+        )
+
+    def process(self, item: VideoInput, messages: Iterable[Header | Chunk | Failed],
+                stop: Callable[[], bool] = lambda: False) -> VideoResult:
+        """Encode and fuse one video from the decode worker's messages. Raises VideoFailure or Abandoned."""
+        header: Header | None = None
+        features: list[torch.Tensor] = []
+        for message in messages:
+            if stop():
+                raise Abandoned(item.given)
+            if isinstance(message, Failed):
+                raise VideoFailure(item.given, message.stage, message.message, message.error_type)
+            if isinstance(message, Header):
+                header = message
+                continue
             try:
-                transcript = read_transcript(item.transcript)
-            except TranscriptError as exc:
-                raise VideoFailure(given, "transcript", str(exc)) from None
+                encoded = self.image.encode(self.image.normalize(torch.from_numpy(message.pixels)),
+                                            self.config.batch_size)
+            except RuntimeError as exc:
+                raise VideoFailure(item.given, "encode", f"image encoder: {exc}", type(exc).__name__) from None
+            position = {idx: k for k, idx in enumerate(message.unique_indices)}
+            clips = header.plan.clips[message.first_clip : message.first_clip + message.clip_count]
+            wanted = [position[idx] for clip in clips for idx in clip.frame_indices]
+            features.append(encoded[wanted].view(len(clips), self.config.frames_per_clip, -1))
+        if header is None:
+            raise VideoFailure(item.given, "decode", "the decoder returned nothing", "DecoderError")
+        plan, info, transcript = header.plan, header.info, header.transcript
+        frame_features = (torch.cat(features) if features
+                          else torch.zeros(0, self.config.frames_per_clip, self.image.feature_dim))
         try:
-            source = open_video(item.path, cfg.decode_threads, self.image.resize_size)
-        except DecodeError as exc:
-            raise VideoFailure(given, exc.stage, str(exc)) from None
-        try:
-            info = source.info
-            plan = plan_clips(info.duration, info.frame_starts, transcript, mode=cfg.clip_mode,
-                              clip_seconds=cfg.clip_seconds, min_clip_seconds=cfg.min_clip_seconds,
-                              frames_per_clip=cfg.frames_per_clip)
-            frame_features = self._encode_frames(source, plan.clips, given)
-        finally:
-            source.close()
-        try:
-            word_tokens = self.text.encode_cues([c.words for c in plan.transcript.cues]) if plan.words else {}
+            word_tokens = self.text.encode_cues([c.words for c in transcript.cues]) if plan.words else {}
         except (RuntimeError, ValueError) as exc:
-            raise VideoFailure(given, "encode", f"text encoder: {exc}") from None
+            raise VideoFailure(item.given, "encode", f"text encoder: {exc}", type(exc).__name__) from None
 
         warnings = list(transcript.warnings) + list(plan.warnings)
         if item.transcript_note:
@@ -151,34 +172,13 @@ class Extractor:
         if item.transcript is None:
             warnings.append("no transcript found: every clip has empty text")
         record = VideoRecord(
-            path=given, abspath=str(item.path), size=stat.st_size, mtime=stat.st_mtime, duration=info.duration,
+            path=item.given, abspath=str(item.path), size=header.size, mtime=header.mtime, duration=info.duration,
             fps=info.fps, frame_count=info.frame_count, width=info.width, height=info.height, codec=info.codec,
             decoder=info.decoder, decoder_note=info.decoder_note,
             transcript=str(item.transcript) if item.transcript else "", transcript_format=transcript.format,
             transcript_timed=transcript.timed, warnings=warnings,
         )
         return self._assemble(record, plan.clips, frame_features, word_tokens)
-
-    def _encode_frames(self, source: Any, clips: tuple[ClipPlan, ...], given: str) -> torch.Tensor:
-        """(n_clips, F, d_img) backbone features; decodes a few clips at a time to bound memory."""
-        per_chunk = max(1, self.config.batch_size // self.config.frames_per_clip)
-        out = []
-        for i in range(0, len(clips), per_chunk):
-            chunk = clips[i : i + per_chunk]
-            wanted = [idx for clip in chunk for idx in clip.frame_indices]
-            unique = sorted(set(wanted))  # one sorted read per chunk
-            try:
-                frames = source.read(unique)
-            except DecodeError as exc:
-                raise VideoFailure(given, "decode", str(exc)) from None
-            except Exception as exc:  # decord raises its own error types and RuntimeError
-                raise VideoFailure(given, "decode", f"{type(exc).__name__}: {str(exc).strip()[:200]}") from None
-            features = self.image.encode(self.image.preprocess(frames), self.config.batch_size)
-            position = {idx: k for k, idx in enumerate(unique)}
-            out.append(features[[position[idx] for idx in wanted]].view(len(chunk), self.config.frames_per_clip, -1))
-        if not out:
-            return torch.zeros(0, self.config.frames_per_clip, self.image.feature_dim)
-        return torch.cat(out)
 
     def _clip_tokens(self, clip: ClipPlan, word_tokens: dict[tuple[int, int], WordTokens]) -> WordTokens:
         parts = [word_tokens[(w.cue, w.position)] for w in clip.words if (w.cue, w.position) in word_tokens]
@@ -227,50 +227,125 @@ class Extractor:
         )
 
 
-def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out_dir.glob(SHARD_GLOB))
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds {len(existing)} shard(s); pass --overwrite to replace them, or choose another -o"
-        )
-    for stale in [*existing, *out_dir.glob(SHARD_GLOB + TMP_SUFFIX)]:
-        stale.unlink()
+class StopRequest:
+    """Set by the first SIGINT/SIGTERM: take no new video, abandon the current one, write what is done."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
 
 
-def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out_dir: Path, extractor: Extractor,
-                on_video: Callable[[VideoInput, int], None] | None = None) -> RunSummary:
+@dataclass
+class RunOptions:
+    retry_failed: bool = False
+    fail_fast: bool = False
+    decode_timeout: float = 120.0
+    stop: StopRequest = field(default_factory=StopRequest)
+
+
+class OutputWriteError(RuntimeError):
+    """The output folder cannot be written (full disk, permissions): the run ends."""
+
+
+def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: OutputDir, extractor: Extractor,
+                options: RunOptions, on_video: Callable[[int], None] | None = None) -> RunSummary:
+    """Extract what is not done yet; failures go to the failure log; completed shards are never touched."""
     cfg = extractor.config
+    started = time.perf_counter()
     summary = RunSummary(videos_total=len(inputs) + len(problems))
     summary.video_weights_random = extractor.image.record.sha256 == "random"
-    started = time.perf_counter()
+    done = out.done_videos()
+    failed_before = out.failed_videos(done)
+    attempts: dict[str, int] = {}
+    for record in out.failure_records():
+        attempts[record["abspath"]] = attempts.get(record["abspath"], 0) + 1
+
+    def fail(given: str, abspath: str, stage: str, error_type: str, reason: str, stat: os.stat_result | None) -> None:
+        reason = " ".join(str(reason).split())
+        log.error("%s: %s: %s", given, stage, reason)
+        attempt = attempts.get(abspath, 0) + 1
+        out.record_failure(path=given, abspath=abspath, stage=stage, error_type=error_type, message=reason,
+                           size=stat.st_size if stat else None, mtime=stat.st_mtime if stat else None,
+                           attempt=attempt)
+        summary.videos_failed += 1
+        summary.failures.append({"path": given, "stage": stage, "reason": reason})
+
     for problem in problems:
-        _fail(summary, VideoFailure(problem.given, "probe", problem.reason))
-    writer = ShardWriter(out_dir, extractor.shard_attrs(), shard_size=cfg.shard_size, dtype=cfg.dtype,
-                         save_frames=cfg.save_frames, save_tokens=cfg.save_tokens)
+        fail(problem.given, os.path.abspath(problem.given), "probe", "InputError", problem.reason, None)
+
+    todo: list[VideoInput] = []
     for item in inputs:
-        try:
-            result = extractor.process(item)
-        except VideoFailure as failure:
-            _fail(summary, failure)
-            if on_video:
-                on_video(item, 0)
+        key = str(item.path)
+        stat = _stat(item.path)
+        if key in done:
+            entry = done[key]
+            if stat is None or (stat.st_size, stat.st_mtime) == (entry.size, entry.mtime):
+                summary.videos_skipped += 1
+                continue
+            log.warning("%s: changed since it was extracted into %s; extracting again (the new rows supersede "
+                        "the old ones)", item.given, entry.shard)
+            summary.videos_superseded += 1
+        elif key in failed_before and not options.retry_failed:
+            previous = failed_before[key]
+            unchanged = stat is not None and (previous.get("size"), previous.get("mtime")) == (stat.st_size,
+                                                                                                stat.st_mtime)
+            if unchanged or stat is None:
+                summary.videos_failed_before += 1
+                continue
+        elif options.retry_failed:
             continue
-        for warning in result.video.warnings:
-            log.warning("%s: %s", item.given, warning)
-        summary.warnings += len(result.video.warnings)
-        writer.add(result)
-        summary.videos_done += 1
-        summary.clips += result.num_clips
-        if on_video:
-            on_video(item, result.num_clips)
-    writer.close()
-    summary.shards = [str(p) for p in writer.written]
-    summary.seconds = time.perf_counter() - started
+        todo.append(item)
+    if options.retry_failed:
+        summary.videos_skipped = len(inputs) - len(todo)
+
+    writer = ShardWriter(out.path, extractor.shard_attrs(), shard_size=cfg.shard_size, dtype=cfg.dtype,
+                         save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
+                         first_index=out.next_shard_index())
+    worker = DecodeWorker(options.decode_timeout)
+    try:
+        for item in todo:
+            if options.stop() or (options.fail_fast and summary.videos_failed):
+                break
+            stat = _stat(item.path)
+            try:
+                result = extractor.process(item, worker.run(extractor.task_for(item)), options.stop)
+            except VideoFailure as failure:
+                fail(item.given, str(item.path), failure.stage, failure.error_type, failure.reason, stat)
+                if on_video:
+                    on_video(0)
+                continue
+            except Abandoned:
+                log.warning("%s: interrupted; it will be extracted by the next run", item.given)
+                break
+            for warning in result.video.warnings:
+                log.warning("%s: %s", item.given, warning)
+            summary.warnings += len(result.video.warnings)
+            _write(writer.add, result)
+            summary.videos_done += 1
+            summary.clips += result.num_clips
+            if on_video:
+                on_video(result.num_clips)
+        _write(writer.close)
+    finally:
+        worker.close()
+        summary.shards = [str(p) for p in writer.written]
+        summary.seconds = time.perf_counter() - started
+        summary.interrupted = options.stop()
     return summary
 
 
-def _fail(summary: RunSummary, failure: VideoFailure) -> None:
-    log.error("%s", failure)
-    summary.videos_failed += 1
-    summary.failures.append({"path": failure.path, "stage": failure.stage, "reason": failure.reason})
+def _write(action: Callable[..., Any], *args: Any) -> None:
+    try:
+        action(*args)
+    except OSError as exc:
+        raise OutputWriteError(f"cannot write the output ({exc.strerror or exc}); completed shards are intact, "
+                               "rerun to finish") from None
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None

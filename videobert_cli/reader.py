@@ -52,40 +52,66 @@ def read_attrs(handle: h5py.File) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ShardIndex:
     path: Path
-    first_clip: int  # global index of the shard's first clip
-    num_clips: int
-    first_video: int  # global index of the shard's first video
+    first_clip: int  # global index of the shard's first live clip
+    rows: np.ndarray  # local clip rows that are live, increasing
+    video_map: np.ndarray  # local video row -> global index in `videos`, -1 when superseded
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.rows)
 
 
 class FeatureSet:
-    """All shards of an output folder; clip i is global over the shards, in file order."""
+    """All shards of an output folder as one dataset of live clips, in shard order.
+
+    A video extracted again (it changed) appears in a newer shard; only its
+    newest rows are live, older ones are listed in `superseded`."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
         paths = shard_paths(self.out_dir)
         if not paths:
             raise FeatureError(f"{self.out_dir}: no shards ({SHARD_GLOB})")
-        self.shards: list[ShardIndex] = []
-        self.videos: list[dict[str, Any]] = []
         self.attrs: list[dict[str, Any]] = []
-        total = 0
-        for path in paths:
+        tables: list[list[dict[str, Any]]] = []
+        newest: dict[str, tuple[int, int]] = {}  # abspath -> (shard number, row)
+        for number, path in enumerate(paths):
             with h5py.File(path, "r") as f:
                 attrs = read_attrs(f)
                 if attrs.get("schema_version") != SCHEMA_VERSION:
                     raise FeatureError(f"{path}: schema version {attrs.get('schema_version')}, "
                                        f"this reader knows {SCHEMA_VERSION}")
-                n = int(f["clips/start"].shape[0])
                 self.attrs.append(attrs)
                 columns = {k: f["videos"][k][()] for k in f["videos"]}
-                for row in range(len(columns["path"])):
-                    video = {k: _plain(v[row]) for k, v in columns.items()}
-                    video["warnings"] = json.loads(video["warnings"])
-                    video["shard"] = str(path)
-                    video["first_clip"] += total  # global clip index
-                    self.videos.append(video)
-            self.shards.append(ShardIndex(path, total, n, len(self.videos) - len(columns["path"])))
-            total += n
+            rows = []
+            for row in range(len(columns["path"])):
+                video = {k: _plain(v[row]) for k, v in columns.items()}
+                video["warnings"] = json.loads(video["warnings"])
+                video["shard"] = str(path)
+                rows.append(video)
+                newest[video["abspath"]] = (number, row)
+            tables.append(rows)
+
+        self.shards: list[ShardIndex] = []
+        self.videos: list[dict[str, Any]] = []
+        self.superseded: list[dict[str, Any]] = []
+        total = 0
+        for number, (path, rows) in enumerate(zip(paths, tables)):
+            live_rows: list[np.ndarray] = []
+            video_map = np.full(len(rows), -1, dtype=np.int64)
+            first = total
+            for row, video in enumerate(rows):
+                local = np.arange(video["first_clip"], video["first_clip"] + video["clip_count"])
+                if newest[video["abspath"]] != (number, row):
+                    self.superseded.append(video)
+                    continue
+                video_map[row] = len(self.videos)
+                video["first_clip"] = total + sum(len(r) for r in live_rows)  # global live clip index
+                live_rows.append(local)
+                self.videos.append(video)
+            rows_array = np.concatenate(live_rows) if live_rows else np.zeros(0, dtype=np.int64)
+            self.shards.append(ShardIndex(path, first, rows_array, video_map))
+            total += len(rows_array)
         self.num_clips = total
         self._handles: dict[Path, h5py.File] = {}
         self._pid = os.getpid()
@@ -103,17 +129,17 @@ class FeatureSet:
     def _locate(self, index: int) -> tuple[ShardIndex, int]:
         if not 0 <= index < self.num_clips:
             raise IndexError(index)
-        starts = [s.first_clip for s in self.shards]
-        shard = self.shards[int(np.searchsorted(starts, index, side="right")) - 1]
-        return shard, index - shard.first_clip
+        filled = [s for s in self.shards if s.num_clips]
+        shard = filled[int(np.searchsorted([s.first_clip for s in filled], index, side="right")) - 1]
+        return shard, int(shard.rows[index - shard.first_clip])
 
     def clip(self, index: int, fields: Sequence[str] = CLIP_FIELDS) -> dict[str, Any]:
-        """One clip's fields, plus `video` (its row in `videos`) and, when saved, frames/tokens."""
+        """One clip's fields, plus `video` (its index in `videos`) and, when saved, frames/tokens."""
         shard, row = self._locate(index)
         f = self._file(shard.path)
         clips = f["clips"]
         item: dict[str, Any] = {name: _plain(clips[name][row]) for name in fields if name in clips}
-        item["video"] = shard.first_video + int(clips["video"][row])
+        item["video"] = int(shard.video_map[int(clips["video"][row])])
         if "frame_features" in clips and "frame_features" in fields:
             item["frame_features"] = clips["frame_features"][row]
         if "tokens" in f and "tokens" in fields:
@@ -128,7 +154,7 @@ class FeatureSet:
 
     def array(self, name: str) -> np.ndarray:
         """One clip field over every shard, concatenated (fits-in-RAM use)."""
-        parts = [self._file(s.path)["clips"][name][()] for s in self.shards]
+        parts = [self._file(s.path)["clips"][name][()][s.rows] for s in self.shards]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def describe(self) -> dict[str, Any]:
@@ -140,6 +166,7 @@ class FeatureSet:
             "schema_version": first.get("schema_version"),
             "shards": [str(s.path) for s in self.shards],
             "videos": len(self.videos),
+            "superseded_videos": len(self.superseded),
             "clips": self.num_clips,
             "clips_with_text": int(self.array("has_text").sum()),
             "video_seconds": round(sum(v["duration"] for v in self.videos), 3),

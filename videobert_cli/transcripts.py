@@ -170,8 +170,9 @@ def read_transcript(path: Path) -> Transcript:
         cues = _parse_subtitles(text, fmt, path)
     else:
         raise TranscriptError(f"{path}: unknown transcript format {suffix!r}")
-    if text.strip() and not cues:
-        warnings.append(f"{path.name}: no cues could be read from a non-empty file")
+    if not cues and ("-->" in text or (fmt == "srt" and text.strip())):
+        # Text would be lost silently: cue timings that do not parse, or prose in a .srt.
+        raise TranscriptError(f"{path}: no cue could be read ({'unreadable cue timings' if '-->' in text else 'not ' + fmt})")
     return Transcript(str(path), fmt, timed, _finish(cues, warnings), tuple(warnings))
 
 

@@ -113,6 +113,7 @@ class ShardWriter:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, final)
+            fsync_dir(self.out_dir)  # the rename itself survives a power loss
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -120,6 +121,14 @@ class ShardWriter:
         self.next_index += 1
         self.written.append(final)
         return final
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _cat(arrays: list[np.ndarray], shape_tail: tuple[int, ...], dtype: Any) -> np.ndarray:

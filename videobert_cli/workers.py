@@ -1,0 +1,235 @@
+"""Decode in a separate process, so a hanging or crashing decoder fails one video, not the run.
+
+The worker reads the transcript, opens the video, plans its clips and streams
+the sampled frames (resized and cropped, uint8) back chunk by chunk through a
+bounded queue, so memory stays flat whatever the video's length. The main
+process waits at most `timeout` seconds for each message: a decoder that makes
+no progress for that long, or whose process dies (a native crash), is killed,
+the video fails with stage "decode", and a fresh worker takes the next video.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .planning import VideoPlan
+from .transcripts import Transcript
+
+TEST_HOOK_ENV = "VIDEOBERT_TEST_HOOK"  # "hang:<name part>", "crash:<name part>" or "modify:<name part>"
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    path: str  # absolute
+    transcript: str | None
+    clip_mode: str
+    clip_seconds: float
+    min_clip_seconds: float
+    frames_per_clip: int
+    decode_threads: int
+    resize_size: int
+    crop_size: int
+    clips_per_chunk: int
+
+
+@dataclass
+class Header:
+    info: Any  # decode.VideoInfo
+    plan: VideoPlan
+    transcript: Transcript
+    size: int
+    mtime: float
+
+
+@dataclass
+class Chunk:
+    first_clip: int
+    clip_count: int
+    unique_indices: list[int]
+    pixels: np.ndarray  # (len(unique_indices), 3, crop, crop) uint8
+
+
+@dataclass
+class End:
+    pass
+
+
+@dataclass
+class Failed:
+    stage: str
+    error_type: str
+    message: str
+
+
+class StageError(Exception):
+    def __init__(self, stage: str, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.stage, self.error_type = stage, error_type
+
+
+def _test_hook(path: str, action: str) -> bool:
+    hook = os.environ.get(TEST_HOOK_ENV, "")
+    kind, _, part = hook.partition(":")
+    return kind == action and bool(part) and part in os.path.basename(path)
+
+
+def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
+    """Plan and decode one video: a Header, then Chunks. Raises StageError."""
+    from .decode import DecodeError, open_video
+    from .encoders import resize_crop
+    from .planning import plan_clips
+    from .transcripts import NO_TRANSCRIPT, TranscriptError, read_transcript
+
+    path = Path(task.path)
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StageError("probe", "BadFileName", "file name is not valid UTF-8; rename it") from None
+    if path.is_dir():
+        raise StageError("probe", "IsADirectoryError", "is a directory, not a video file")
+    try:
+        stat = path.stat()
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise StageError("probe", type(exc).__name__, exc.strerror or str(exc)) from None
+    if stat.st_size == 0:
+        raise StageError("probe", "EmptyFile", "file is empty (0 bytes)")
+    transcript = NO_TRANSCRIPT
+    if task.transcript:
+        try:
+            transcript = read_transcript(Path(task.transcript))
+        except TranscriptError as exc:
+            raise StageError("transcript", "TranscriptError", str(exc)) from None
+    if _test_hook(task.path, "hang"):
+        time.sleep(3600)
+    if _test_hook(task.path, "crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    try:
+        source = open_video(path, task.decode_threads, task.resize_size)
+    except DecodeError as exc:
+        raise StageError(exc.stage, "DecodeError", str(exc)) from None
+    try:
+        info = source.info
+        plan = plan_clips(info.duration, info.frame_starts, transcript, mode=task.clip_mode,
+                          clip_seconds=task.clip_seconds, min_clip_seconds=task.min_clip_seconds,
+                          frames_per_clip=task.frames_per_clip)
+        yield Header(info, plan, plan.transcript, stat.st_size, stat.st_mtime)
+        clips = plan.clips
+        for first in range(0, len(clips), task.clips_per_chunk):
+            chunk = clips[first : first + task.clips_per_chunk]
+            unique = sorted({i for clip in chunk for i in clip.frame_indices})
+            try:
+                frames = source.read(unique)
+            except DecodeError as exc:
+                raise StageError("decode", "DecodeError", str(exc)) from None
+            except Exception as exc:  # decord raises its own types and RuntimeError
+                raise StageError("decode", type(exc).__name__, " ".join(str(exc).split())[:300]) from None
+            if _test_hook(task.path, "modify") and first == 0:
+                with open(path, "ab") as handle:
+                    handle.write(b"\0" * 16)
+            pixels = resize_crop(frames, task.resize_size, task.crop_size).numpy()
+            yield Chunk(first, len(chunk), unique, pixels)
+    finally:
+        source.close()
+    after = path.stat()
+    if (after.st_size, after.st_mtime) != (stat.st_size, stat.st_mtime):
+        raise StageError("decode", "FileChanged", "file changed while being read; it will be retried next run")
+
+
+def _worker_main(tasks: Any, results: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what an interrupt means
+    while (item := tasks.get()) is not None:
+        task_id, task = item
+        try:
+            for message in prepare_video(task):
+                results.put((task_id, message))
+            results.put((task_id, End()))
+        except StageError as exc:
+            results.put((task_id, Failed(exc.stage, exc.error_type, " ".join(str(exc).split()))))
+        except Exception as exc:  # anything else is still this video's failure, not the worker's end
+            results.put((task_id, Failed("decode", type(exc).__name__, " ".join(str(exc).split())[:300])))
+
+
+class DecodeWorker:
+    """One decode process, restarted after a hang or crash."""
+
+    def __init__(self, timeout: float, queue_size: int = 4) -> None:
+        self.timeout = timeout
+        self.queue_size = queue_size
+        self._ctx = mp.get_context("spawn")  # no forked copies of torch or decoder threads
+        self._task_id = 0
+        self._proc: Any = None
+        self._busy = False
+
+    def _start(self) -> None:
+        self._tasks = self._ctx.Queue()
+        self._results = self._ctx.Queue(maxsize=self.queue_size)
+        self._proc = self._ctx.Process(target=_worker_main, args=(self._tasks, self._results), daemon=True,
+                                       name="videobert-decode")
+        self._proc.start()
+
+    def run(self, task: VideoTask) -> Iterator[Header | Chunk | Failed]:
+        """Messages for `task`; ends with its last Chunk or with a Failed."""
+        if self._proc is None or not self._proc.is_alive() or self._busy:
+            self.restart()
+        self._task_id += 1
+        self._busy = True
+        self._tasks.put((self._task_id, task))
+        last_progress = time.monotonic()
+        while True:
+            try:
+                task_id, message = self._results.get(timeout=min(1.0, self.timeout))
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    code = self._proc.exitcode
+                    self.restart()
+                    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    yield Failed("decode", "DecoderCrashed", f"the decoder process died ({how})")
+                    return
+                if time.monotonic() - last_progress > self.timeout:
+                    self.restart()
+                    yield Failed("decode", "Timeout", f"no progress for {self.timeout:g} s (decoder hung); killed")
+                    return
+                continue
+            if task_id != self._task_id:
+                continue  # left over from an abandoned task
+            last_progress = time.monotonic()
+            if isinstance(message, End):
+                self._busy = False
+                return
+            yield message
+            if isinstance(message, Failed):
+                self._busy = False
+                return
+
+    def restart(self) -> None:
+        self.close(graceful=False)
+        self._start()
+        self._busy = False
+
+    def close(self, graceful: bool = True) -> None:
+        if self._proc is None:
+            return
+        if graceful and not self._busy and self._proc.is_alive():
+            self._tasks.put(None)
+            self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        for q in (self._tasks, self._results):
+            q.cancel_join_thread()
+            q.close()
+        self._proc = None
