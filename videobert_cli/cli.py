@@ -103,6 +103,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     from .models import ModelError
     from .outdir import LockHeld, OutputDir
     from .pipeline import Extractor, OutputWriteError, RunOptions, run_extract
+    from .workers import DecodeWorker
 
     try:
         config = load_config(config_file, overrides, flags)
@@ -124,6 +125,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     except OSError as exc:
         click.echo(f"videobert: error: cannot use output folder {out_dir} ({exc.strerror or exc})", err=True)
         sys.exit(EXIT_OUTPUT)
+    worker = DecodeWorker(decode_timeout)
     try:
         out.remove_temporary()
         if overwrite:
@@ -131,6 +133,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         extractor = Extractor(config, models_dir)  # every model resolves before any video is decoded
         _check_same_setup(out, extractor)
     except ModelError as exc:
+        worker.close()
         click.echo(f"videobert: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     if extractor.image.record.sha256 == "random":
@@ -149,7 +152,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     options = RunOptions(retry_failed=retry_failed, fail_fast=fail_fast, decode_timeout=decode_timeout)
     previous = _install_stop_handlers(options.stop, log)
     try:
-        summary = run_extract(videos, problems, out, extractor, options, on_video=progress)
+        summary = run_extract(videos, problems, out, extractor, options, on_video=progress, worker=worker)
     except KeyboardInterrupt:
         click.echo(json.dumps({"interrupted": True, "aborted": True}))
         sys.exit(130)
@@ -238,6 +241,33 @@ def info(out_dir: Path, as_json: bool) -> None:
     if report["configs_differ"]:
         lines.append("NOTE:        shards were written with different configs")
     click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+def validate(out_dir: Path, as_json: bool) -> None:
+    """Check every shard and the failure log of an output folder.
+
+    Checks that each shard opens, has the known schema version, consistent
+    shapes and row counts, no NaN/Inf in features, that no video is present
+    twice (a changed video extracted again supersedes its old rows: a note),
+    and that failures.jsonl parses. Exit 0 when all is well, 1 naming each
+    problem."""
+    from .validate import validate as run_validate
+
+    report = run_validate(out_dir)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(f"{out_dir}: {report.shards} shard(s), {report.videos} video(s), {report.clips} clip(s), "
+                   f"{report.superseded} superseded, {report.failures_logged} failure record(s)")
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        for problem in report.problems:
+            click.echo(f"PROBLEM: {problem}")
+        click.echo("OK" if report.ok else f"{len(report.problems)} problem(s)")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
 def _config_options(func):

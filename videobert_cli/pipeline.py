@@ -250,7 +250,8 @@ class OutputWriteError(RuntimeError):
 
 
 def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: OutputDir, extractor: Extractor,
-                options: RunOptions, on_video: Callable[[int], None] | None = None) -> RunSummary:
+                options: RunOptions, on_video: Callable[[int], None] | None = None,
+                worker: DecodeWorker | None = None) -> RunSummary:
     """Extract what is not done yet; failures go to the failure log; completed shards are never touched."""
     cfg = extractor.config
     started = time.perf_counter()
@@ -264,6 +265,7 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
 
     def fail(given: str, abspath: str, stage: str, error_type: str, reason: str, stat: os.stat_result | None) -> None:
         reason = " ".join(str(reason).split())
+        given, abspath = printable(given), printable(abspath)
         log.error("%s: %s: %s", given, stage, reason)
         attempt = attempts.get(abspath, 0) + 1
         out.record_failure(path=given, abspath=abspath, stage=stage, error_type=error_type, message=reason,
@@ -287,14 +289,13 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
             log.warning("%s: changed since it was extracted into %s; extracting again (the new rows supersede "
                         "the old ones)", item.given, entry.shard)
             summary.videos_superseded += 1
-        elif key in failed_before and not options.retry_failed:
+        elif key in failed_before:
             previous = failed_before[key]
-            unchanged = stat is not None and (previous.get("size"), previous.get("mtime")) == (stat.st_size,
-                                                                                                stat.st_mtime)
-            if unchanged or stat is None:
+            unchanged = stat is None or (previous.get("size"), previous.get("mtime")) == (stat.st_size, stat.st_mtime)
+            if unchanged and not options.retry_failed:
                 summary.videos_failed_before += 1
                 continue
-        elif options.retry_failed:
+        elif options.retry_failed:  # only what failed before
             continue
         todo.append(item)
     if options.retry_failed:
@@ -303,7 +304,7 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     writer = ShardWriter(out.path, extractor.shard_attrs(), shard_size=cfg.shard_size, dtype=cfg.dtype,
                          save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
                          first_index=out.next_shard_index())
-    worker = DecodeWorker(options.decode_timeout)
+    worker = worker or DecodeWorker(options.decode_timeout)
     try:
         for item in todo:
             if options.stop() or (options.fail_fast and summary.videos_failed):
@@ -334,6 +335,11 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
         summary.seconds = time.perf_counter() - started
         summary.interrupted = options.stop()
     return summary
+
+
+def printable(path: str) -> str:
+    """A path as valid UTF-8 text: bytes that are not UTF-8 shown as \\xNN (for logs and JSON)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def _write(action: Callable[..., Any], *args: Any) -> None:

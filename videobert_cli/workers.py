@@ -24,7 +24,8 @@ import numpy as np
 from .planning import VideoPlan
 from .transcripts import Transcript
 
-TEST_HOOK_ENV = "VIDEOBERT_TEST_HOOK"  # "hang:<name part>", "crash:<name part>" or "modify:<name part>"
+# Test hook, comma-separated: "hang:<name part>", "crash:<name part>", "modify:<name part>".
+TEST_HOOK_ENV = "VIDEOBERT_TEST_HOOK"
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,11 @@ class StageError(Exception):
 
 
 def _test_hook(path: str, action: str) -> bool:
-    hook = os.environ.get(TEST_HOOK_ENV, "")
-    kind, _, part = hook.partition(":")
-    return kind == action and bool(part) and part in os.path.basename(path)
+    for hook in os.environ.get(TEST_HOOK_ENV, "").split(","):
+        kind, _, part = hook.partition(":")
+        if kind == action and part and part in os.path.basename(path):
+            return True
+    return False
 
 
 def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
@@ -173,6 +176,7 @@ class DecodeWorker:
         self._task_id = 0
         self._proc: Any = None
         self._busy = False
+        self._start()  # now, so its imports overlap the main process loading models
 
     def _start(self) -> None:
         self._tasks = self._ctx.Queue()
