@@ -277,3 +277,22 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, t
     assert figures["kills"] >= 5
     assert figures["lost"] == 0 and figures["duplicated"] == 0 and figures["corrupt"] == 0
     assert figures["validate"] == 0 and figures["final_exit"] == 0 and figures["leftover_tmp"] == 0
+
+
+def test_a_second_sigint_aborts_at_once_leaving_only_complete_shards(tmp_path: Path, tiny_args: list[str]) -> None:
+    for i in range(6):
+        write_video(tmp_path / "in" / f"v{i}.mp4", fps=10, seconds=3)
+    out = tmp_path / "out"
+    args = ["extract", str(tmp_path / "in"), "-o", str(out), "--shard-size", "1", *tiny_args]
+    proc = _cli(args)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("shard-*.h5")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 0)  # 0 only if it had finished before the signals
+    assert not list(out.glob("*.tmp")) and validate(out).ok
+    if proc.returncode == 130:
+        assert json.loads(stdout.strip().splitlines()[-1])["interrupted"] is True

@@ -114,17 +114,14 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if not videos and not problems:
-        click.echo(f"videobert: error: no videos found in {', '.join(inputs)}", err=True)
-        sys.exit(EXIT_USAGE)
+        _fatal(f"no videos found in {', '.join(inputs)}", EXIT_USAGE)
     out = OutputDir(out_dir)
     try:
         out.lock(wait)
     except LockHeld as exc:
-        click.echo(f"videobert: error: {exc}", err=True)
-        sys.exit(EXIT_LOCKED)
+        _fatal(str(exc), EXIT_LOCKED)
     except OSError as exc:
-        click.echo(f"videobert: error: cannot use output folder {out_dir} ({exc.strerror or exc})", err=True)
-        sys.exit(EXIT_OUTPUT)
+        _fatal(f"cannot use output folder {out_dir} ({exc.strerror or exc})", EXIT_OUTPUT)
     worker = DecodeWorker(decode_timeout)
     try:
         out.remove_temporary()
@@ -134,8 +131,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         _check_same_setup(out, extractor)
     except ModelError as exc:
         worker.close()
-        click.echo(f"videobert: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        _fatal(str(exc), EXIT_USAGE)
     if extractor.image.record.sha256 == "random":
         log.warning("video weights are RANDOM (untrained); recorded in the shards")
 
@@ -154,12 +150,11 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     try:
         summary = run_extract(videos, problems, out, extractor, options, on_video=progress, worker=worker)
     except KeyboardInterrupt:
-        click.echo(json.dumps({"interrupted": True, "aborted": True}))
+        click.echo("videobert: aborted: videos not yet in a completed shard will be done by the next run", err=True)
+        click.echo(json.dumps({"interrupted": True, "aborted": True, "exit_code": 130}))
         sys.exit(130)
     except OutputWriteError as exc:
-        click.echo(f"videobert: error: {exc}", err=True)
-        click.echo(json.dumps({"error": str(exc)}))
-        sys.exit(EXIT_OUTPUT)
+        _fatal(str(exc), EXIT_OUTPUT)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -170,6 +165,13 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     if summary.interrupted:
         sys.exit(128 + int(options.stop.signal or signal.SIGINT))
     sys.exit(EXIT_FAILED if summary.videos_failed or summary.videos_failed_before else EXIT_OK)
+
+
+def _fatal(message: str, code: int) -> None:
+    """A run-ending error: one line on stderr, a JSON summary on stdout, the exit code."""
+    click.echo(f"videobert: error: {message}", err=True)
+    click.echo(json.dumps({"error": message, "exit_code": code}))
+    sys.exit(code)
 
 
 def _install_stop_handlers(stop, log: logging.Logger) -> dict:
