@@ -29,7 +29,8 @@ Exit codes:
 
 # Settings that change only how fast a run goes, not what it writes; all others must match
 # the shards already in an output folder for a run to add to it.
-EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size"}
+EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "workers", "threads",
+                  "precision", "compile"}
 
 
 def _setup_logging(quiet: bool) -> logging.Logger:
@@ -64,7 +65,12 @@ def main() -> None:
 @click.option("--clip-seconds", type=float, help="Window length in fixed mode [1.5].")
 @click.option("--frames-per-clip", type=int, help="Frames sampled per clip [4].")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto].")
-@click.option("--batch-size", type=int, help="Frames per image-encoder batch [32].")
+@click.option("--batch-size", type=int, help="Frames per image-encoder batch, across videos [32].")
+@click.option("--workers", type=int, help="Decode processes [1 on CPU, min(8, cores-1) on CUDA].")
+@click.option("--threads", type=int, help="torch intra-op threads [all cores on CPU].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Encoder precision [auto: bf16 on CUDA GPUs that support it, else fp32].")
+@click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the image encoder.")
 @click.option("--video-model", help="torchvision backbone name [resnet50].")
 @click.option("--video-weights", help="Weights: torchvision name (IMAGENET1K_V2, DEFAULT), a state-dict file, "
               "or 'random' (recorded as such).")
@@ -102,8 +108,8 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     from .discover import discover
     from .models import ModelError
     from .outdir import LockHeld, OutputDir
-    from .pipeline import Extractor, OutputWriteError, RunOptions, run_extract
-    from .workers import DecodeWorker
+    from .pipeline import Extractor, OutputWriteError, RunOptions, plan_cpu_split, resolve_device, run_extract
+    from .workers import DecodePool
 
     try:
         config = load_config(config_file, overrides, flags)
@@ -122,7 +128,12 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         _fatal(str(exc), EXIT_LOCKED)
     except OSError as exc:
         _fatal(f"cannot use output folder {out_dir} ({exc.strerror or exc})", EXIT_OUTPUT)
-    worker = DecodeWorker(decode_timeout)
+    try:
+        device = resolve_device(config.device)
+    except ModelError as exc:
+        out.unlock()
+        _fatal(str(exc), EXIT_USAGE)
+    pool = DecodePool(plan_cpu_split(config, device)[0], decode_timeout)  # starts now, while models load
     try:
         out.remove_temporary()
         if overwrite:
@@ -130,7 +141,8 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         extractor = Extractor(config, models_dir)  # every model resolves before any video is decoded
         _check_same_setup(out, extractor)
     except ModelError as exc:
-        worker.close()
+        pool.close()
+        out.unlock()
         _fatal(str(exc), EXIT_USAGE)
     if extractor.image.record.sha256 == "random":
         log.warning("video weights are RANDOM (untrained); recorded in the shards")
@@ -148,7 +160,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     options = RunOptions(retry_failed=retry_failed, fail_fast=fail_fast, decode_timeout=decode_timeout)
     previous = _install_stop_handlers(options.stop, log)
     try:
-        summary = run_extract(videos, problems, out, extractor, options, on_video=progress, worker=worker)
+        summary = run_extract(videos, problems, out, extractor, options, on_video=progress, pool=pool)
     except KeyboardInterrupt:
         click.echo("videobert: aborted: videos not yet in a completed shard will be done by the next run", err=True)
         click.echo(json.dumps({"interrupted": True, "aborted": True, "exit_code": 130}))

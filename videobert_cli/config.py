@@ -46,8 +46,12 @@ class ExtractConfig:
     fusion_checkpoint: str | None = None
     # execution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 32  # frames per image-encoder forward
+    batch_size: int = 32  # frames per image-encoder forward, assembled across videos
     text_batch_size: int = 64  # sentences per text-encoder forward
+    workers: int | None = None  # decode processes; None = 1 on CPU, min(8, cores - 1) on CUDA
+    threads: int | None = None  # torch intra-op threads; None = all cores on CPU
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA GPUs that support it, else fp32
+    compile: bool = False  # torch.compile the image encoder
     # output
     shard_size: int = 10000  # clips per shard at most (a video is never split)
     dtype: str = "float32"  # float32 | float16 for stored features
@@ -69,6 +73,9 @@ class ExtractConfig:
             (self.shard_size >= 1, "shard_size must be >= 1"),
             (self.dtype in ("float32", "float16"), "dtype must be float32 or float16"),
             (self.decode_threads >= 1, "decode_threads must be >= 1 (0 breaks VP9 decoding in decord)"),
+            (self.workers is None or self.workers >= 1, "workers must be >= 1"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
             (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
             (self.resize_size is None or self.resize_size >= 8, "resize_size must be >= 8"),
         ]

@@ -62,7 +62,8 @@ class ImageEncoder:
     """A torchvision classification backbone with its classifier removed."""
 
     def __init__(self, model_name: str, weights: str, device: torch.device, image_size: int | None = None,
-                 resize_size: int | None = None, models_root: Path | None = None) -> None:
+                 resize_size: int | None = None, models_root: Path | None = None, precision: str = "fp32",
+                 compile_model: bool = False) -> None:
         from torchvision.models import get_model_weights
 
         model, self.record, tv_weights = load_backbone(model_name, weights, models_root)
@@ -76,10 +77,13 @@ class ImageEncoder:
         self.mean = torch.tensor(recipe.mean or IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(recipe.std or IMAGENET_STD).view(1, 3, 1, 1)
         self.device = device
+        self.amp_dtype = resolve_precision(precision, device)
         self.model = model.eval().to(device, memory_format=torch.channels_last)
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.crop_size, self.crop_size, device=device)
             self.feature_dim = int(self.model(probe).shape[-1])
+        if compile_model:
+            self.model = torch.compile(self.model)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(n, H, W, 3) uint8 RGB -> (n, 3, crop, crop) float, normalised (CPU)."""
@@ -87,17 +91,34 @@ class ImageEncoder:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, h, w) uint8 -> float, scaled to [0, 1] and normalised with the weights' mean/std."""
-        return (pixels.float().div_(255.0) - self.mean) / self.std
+        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        return (pixels.float().div_(255.0) - mean) / std
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """(n, 3, h, w) -> (n, feature_dim) float32 on the CPU, in batches of `batch_size` frames."""
+        """(n, 3, h, w) uint8 or normalised float -> (n, feature_dim) float32 on the CPU, `batch_size` at a time.
+
+        uint8 input is moved as uint8 (4x less to copy) and normalised on the device; on CUDA the copy
+        comes from pinned memory without blocking."""
         out = []
         for i in range(0, len(pixels), batch_size):
-            chunk = pixels[i : i + batch_size].to(self.device, non_blocking=True)
+            chunk = pixels[i : i + batch_size]
+            if self.device.type == "cuda":
+                chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+            if chunk.dtype == torch.uint8:
+                chunk = self.normalize(chunk)
             chunk = chunk.contiguous(memory_format=torch.channels_last)
-            out.append(self.model(chunk).float().cpu())
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                out.append(self.model(chunk).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
+
+
+def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `spec` on `device`; None = plain fp32."""
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec]
 
 
 def _first(value: int | list[int] | tuple[int, ...]) -> int:
@@ -116,7 +137,7 @@ class TextEncoder:
     """BERT over whole cues with neighbouring words as context; features per word."""
 
     def __init__(self, name: str, device: torch.device, max_length: int = 128, context_words: int = 16,
-                 batch_size: int = 64, models_root: Path | None = None) -> None:
+                 batch_size: int = 64, models_root: Path | None = None, precision: str = "fp32") -> None:
         import transformers
         from transformers import AutoModel, AutoTokenizer
 
@@ -131,6 +152,7 @@ class TextEncoder:
         if not self.tokenizer.is_fast:
             raise ModelError(f"{folder}: needs a fast tokenizer (tokenizer.json) to map words to tokens")
         self.device = device
+        self.amp_dtype = resolve_precision(precision, device)
         self.max_length = max_length
         self.context_words = context_words
         self.batch_size = batch_size
@@ -164,7 +186,10 @@ class TextEncoder:
             batch = units[start : start + self.batch_size]
             enc = self.tokenizer([u[2] for u in batch], is_split_into_words=True, padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
-            hidden = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state.float().cpu()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                hidden = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state
+            hidden = hidden.float().cpu()
             for row, (ci, first, _, offset, count) in enumerate(batch):
                 word_ids = enc.word_ids(row)
                 positions: dict[int, list[int]] = {}

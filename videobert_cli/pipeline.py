@@ -11,11 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import queue
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from .fusion import FusionConfig, build_fusion
 from .models import ModelError
 from .outdir import OutputDir
 from .planning import ClipPlan
-from .workers import Chunk, DecodeWorker, Failed, Header, VideoTask
+from .workers import Chunk, DecodePool, Failed, Header, VideoTask
 from .writer import ShardWriter, VideoRecord, VideoResult
 
 log = logging.getLogger(__name__)
@@ -97,10 +100,12 @@ class Extractor:
     def __init__(self, config: ExtractConfig, models_root: Path | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        self.workers, self.threads = plan_cpu_split(config, self.device)
+        torch.set_num_threads(self.threads)
         self.image = ImageEncoder(config.video_model, config.video_weights, self.device, config.image_size,
-                                  config.resize_size, models_root)
+                                  config.resize_size, models_root, config.precision, config.compile)
         self.text = TextEncoder(config.text_model, self.device, config.text_max_length, config.text_context_words,
-                                config.text_batch_size, models_root)
+                                config.text_batch_size, models_root, config.precision)
         fusion_config = FusionConfig(self.image.feature_dim, self.text.feature_dim, config.fusion_dim,
                                      config.fusion_heads)
         self.fusion, fusion_record = build_fusion(fusion_config, config.fusion_seed, config.fusion_checkpoint)
@@ -120,6 +125,8 @@ class Extractor:
                            "mean": self.image.mean.flatten().tolist(), "std": self.image.std.flatten().tolist()},
             "versions": library_versions(),
             "feature_dtype": self.config.dtype,
+            "execution": {"device": str(self.device), "workers": self.workers, "threads": self.threads,
+                          "precision": str(self.image.amp_dtype or torch.float32).replace("torch.", "")},
         }
 
     def task_for(self, item: VideoInput) -> VideoTask:
@@ -132,32 +139,11 @@ class Extractor:
             clips_per_chunk=max(1, cfg.batch_size // cfg.frames_per_clip),
         )
 
-    def process(self, item: VideoInput, messages: Iterable[Header | Chunk | Failed],
-                stop: Callable[[], bool] = lambda: False) -> VideoResult:
-        """Encode and fuse one video from the decode worker's messages. Raises VideoFailure or Abandoned."""
-        header: Header | None = None
-        features: list[torch.Tensor] = []
-        for message in messages:
-            if stop():
-                raise Abandoned(item.given)
-            if isinstance(message, Failed):
-                raise VideoFailure(item.given, message.stage, message.message, message.error_type)
-            if isinstance(message, Header):
-                header = message
-                continue
-            try:
-                encoded = self.image.encode(self.image.normalize(torch.from_numpy(message.pixels)),
-                                            self.config.batch_size)
-            except RuntimeError as exc:
-                raise VideoFailure(item.given, "encode", f"image encoder: {exc}", type(exc).__name__) from None
-            position = {idx: k for k, idx in enumerate(message.unique_indices)}
-            clips = header.plan.clips[message.first_clip : message.first_clip + message.clip_count]
-            wanted = [position[idx] for clip in clips for idx in clip.frame_indices]
-            features.append(encoded[wanted].view(len(clips), self.config.frames_per_clip, -1))
-        if header is None:
-            raise VideoFailure(item.given, "decode", "the decoder returned nothing", "DecoderError")
+    def finish(self, video: "VideoInProgress") -> VideoResult:
+        """Text, fusion and assembly for a video whose frames are all encoded."""
+        item, header = video.item, video.header
         plan, info, transcript = header.plan, header.info, header.transcript
-        frame_features = (torch.cat(features) if features
+        frame_features = (torch.cat([f for _, f in sorted(video.features, key=lambda p: p[0])]) if video.features
                           else torch.zeros(0, self.config.frames_per_clip, self.image.feature_dim))
         try:
             word_tokens = self.text.encode_cues([c.words for c in transcript.cues]) if plan.words else {}
@@ -249,9 +235,146 @@ class OutputWriteError(RuntimeError):
     """The output folder cannot be written (full disk, permissions): the run ends."""
 
 
+@dataclass
+class VideoInProgress:
+    item: VideoInput
+    header: Header
+    features: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (first clip, (n, F, d_img))
+    chunks_waiting: int = 0  # chunks handed to the batcher, not yet encoded
+    decoded: bool = False  # every chunk has arrived
+
+    @property
+    def ready(self) -> bool:
+        return self.decoded and self.chunks_waiting == 0
+
+
+class FrameBatcher:
+    """Collects decoded chunks, across video boundaries, into full image-encoder batches."""
+
+    def __init__(self, extractor: Extractor) -> None:
+        self.extractor = extractor
+        self.waiting: list[tuple[VideoInProgress, Chunk]] = []
+        self.frames = 0
+
+    def add(self, video: VideoInProgress, chunk: Chunk) -> None:
+        video.chunks_waiting += 1
+        self.waiting.append((video, chunk))
+        self.frames += len(chunk.unique_indices)
+        if self.frames >= self.extractor.config.batch_size:
+            self.encode()
+
+    def drop(self, video: VideoInProgress) -> None:
+        self.waiting = [(v, c) for v, c in self.waiting if v is not video]
+        self.frames = sum(len(c.unique_indices) for _, c in self.waiting)
+
+    def encode(self) -> None:
+        """One forward pass over everything waiting (a few batches at most); features go back to their videos."""
+        if not self.waiting:
+            return
+        ex, frames_per_clip = self.extractor, self.extractor.config.frames_per_clip
+        pixels = torch.from_numpy(np.concatenate([c.pixels for _, c in self.waiting]))
+        try:
+            encoded = ex.image.encode(pixels, ex.config.batch_size)
+        except RuntimeError as exc:
+            videos = {id(v): v for v, _ in self.waiting}.values()
+            self.waiting, self.frames = [], 0
+            for video in videos:
+                video.chunks_waiting = -1  # marks the failure for the run loop
+            raise BatchFailed(list(videos), f"image encoder: {exc}") from None
+        offset = 0
+        for video, chunk in self.waiting:
+            rows = encoded[offset : offset + len(chunk.unique_indices)]
+            offset += len(chunk.unique_indices)
+            position = {idx: k for k, idx in enumerate(chunk.unique_indices)}
+            clips = video.header.plan.clips[chunk.first_clip : chunk.first_clip + chunk.clip_count]
+            wanted = [position[i] for clip in clips for i in clip.frame_indices]
+            video.features.append((chunk.first_clip, rows[wanted].view(len(clips), frames_per_clip, -1)))
+            video.chunks_waiting -= 1
+        self.waiting, self.frames = [], 0
+
+
+class BatchFailed(Exception):
+    def __init__(self, videos: list[VideoInProgress], reason: str) -> None:
+        super().__init__(reason)
+        self.videos, self.reason = videos, reason
+
+
+_ABORT = object()
+
+
+class BackgroundWriter:
+    """Runs ShardWriter.add/close on a thread so HDF5 I/O overlaps compute; errors surface on the next call."""
+
+    def __init__(self, writer: ShardWriter, depth: int = 2) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)  # bounded: at most `depth` videos wait
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="videobert-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            result = self.queue.get()
+            try:
+                if result is _ABORT:
+                    return
+                if result is None:
+                    if self.error is None:
+                        self.writer.close()
+                    return
+                if self.error is None:
+                    self.writer.add(result)
+            except BaseException as exc:  # kept for the main thread
+                self.error = exc
+                if result is None:
+                    return
+            finally:
+                self.queue.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def add(self, result: VideoResult) -> None:
+        self._raise()
+        self.queue.put(result)
+
+    def close(self) -> None:
+        """Write what is pending and stop; raises the first write error."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        """Stop without writing what is pending (after an error or an abort)."""
+        if self.thread.is_alive():
+            self.queue.put(_ABORT)
+            self.thread.join()
+
+    @property
+    def written(self) -> list[Path]:
+        return self.writer.written
+
+
+def plan_cpu_split(config: ExtractConfig, device: torch.device) -> tuple[int, int]:
+    """(decode workers, torch threads). On the CPU the encoders need the cores far more than decoding
+    does (ResNet-50 runs ~10 frames/s on 2 cores, decord decodes ~200), so torch gets every core and
+    one worker decodes ahead; on a GPU the workers must keep up with the device."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        workers = config.workers or max(1, min(8, cores - 1))
+        threads = config.threads or max(1, min(4, cores - workers))
+    else:
+        workers = config.workers or 1
+        threads = config.threads or cores
+    return workers, threads
+
+
 def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: OutputDir, extractor: Extractor,
                 options: RunOptions, on_video: Callable[[int], None] | None = None,
-                worker: DecodeWorker | None = None) -> RunSummary:
+                pool: DecodePool | None = None) -> RunSummary:
     """Extract what is not done yet; failures go to the failure log; completed shards are never touched."""
     cfg = extractor.config
     started = time.perf_counter()
@@ -273,10 +396,101 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
                            attempt=attempt)
         summary.videos_failed += 1
         summary.failures.append({"path": given, "stage": stage, "reason": reason})
+        if on_video:
+            on_video(0)
 
     for problem in problems:
         fail(problem.given, os.path.abspath(problem.given), "probe", "InputError", problem.reason, None)
+    todo = _select(inputs, done, failed_before, options, summary)
 
+    writer = BackgroundWriter(ShardWriter(out.path, extractor.shard_attrs(), shard_size=cfg.shard_size,
+                                          dtype=cfg.dtype, save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
+                                          first_index=out.next_shard_index()))
+    pool = pool or DecodePool(extractor.workers, options.decode_timeout)
+    batcher = FrameBatcher(extractor)
+    in_order: deque[VideoInProgress] = deque()  # decoded or decoding, written in input order
+
+    def finish_ready() -> None:
+        while in_order and in_order[0].ready:
+            video = in_order.popleft()
+            try:
+                result = extractor.finish(video)
+            except VideoFailure as failure:
+                fail(video.item.given, str(video.item.path), failure.stage, failure.error_type, failure.reason,
+                     _stat(video.item.path))
+                continue
+            for warning in result.video.warnings:
+                log.warning("%s: %s", video.item.given, warning)
+            summary.warnings += len(result.video.warnings)
+            _write(writer.add, result)
+            summary.videos_done += 1
+            summary.clips += result.num_clips
+            if on_video:
+                on_video(result.num_clips)
+
+    def encode_waiting() -> None:
+        try:
+            batcher.encode()
+        except BatchFailed as failed:
+            for video in failed.videos:
+                in_order.remove(video)
+                fail(video.item.given, str(video.item.path), "encode", "RuntimeError", failed.reason,
+                     _stat(video.item.path))
+
+    try:
+        for item, messages in pool.run(todo, extractor.task_for):
+            if options.stop() or (options.fail_fast and summary.videos_failed):
+                break
+            video: VideoInProgress | None = None
+            try:
+                for message in messages:
+                    if options.stop():
+                        raise Abandoned(item.given)
+                    if isinstance(message, Failed):
+                        raise VideoFailure(item.given, message.stage, message.message, message.error_type)
+                    if isinstance(message, Header):
+                        video = VideoInProgress(item, message)
+                        in_order.append(video)
+                    else:
+                        batcher.add(video, message)
+                if video is None:
+                    raise VideoFailure(item.given, "decode", "the decoder returned nothing", "DecoderError")
+                video.decoded = True
+            except VideoFailure as failure:
+                if video is not None:
+                    batcher.drop(video)
+                    in_order.remove(video)
+                fail(item.given, str(item.path), failure.stage, failure.error_type, failure.reason,
+                     _stat(item.path))
+                continue
+            except BatchFailed as failed:
+                for bad in failed.videos:
+                    in_order.remove(bad)
+                    fail(bad.item.given, str(bad.item.path), "encode", "RuntimeError", failed.reason,
+                         _stat(bad.item.path))
+                continue
+            except Abandoned:
+                if video is not None:
+                    batcher.drop(video)
+                    in_order.remove(video)
+                log.warning("%s: interrupted; it will be extracted by the next run", item.given)
+                break
+            finish_ready()
+        encode_waiting()  # the last, partial batch (also on a stop: these videos are fully decoded)
+        finish_ready()
+        _write(writer.close)
+    finally:
+        writer.abort()  # no-op after a clean close
+        pool.close()
+        summary.shards = [str(p) for p in writer.written]
+        summary.seconds = time.perf_counter() - started
+        summary.interrupted = options.stop()
+    return summary
+
+
+def _select(inputs: list[VideoInput], done: dict, failed_before: dict, options: RunOptions,
+            summary: RunSummary) -> list[VideoInput]:
+    """The videos this run must extract; counts the skipped ones in `summary`."""
     todo: list[VideoInput] = []
     for item in inputs:
         key = str(item.path)
@@ -296,45 +510,10 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
                 summary.videos_failed_before += 1
                 continue
         elif options.retry_failed:  # only what failed before
+            summary.videos_skipped += 1
             continue
         todo.append(item)
-    if options.retry_failed:
-        summary.videos_skipped = len(inputs) - len(todo)
-
-    writer = ShardWriter(out.path, extractor.shard_attrs(), shard_size=cfg.shard_size, dtype=cfg.dtype,
-                         save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
-                         first_index=out.next_shard_index())
-    worker = worker or DecodeWorker(options.decode_timeout)
-    try:
-        for item in todo:
-            if options.stop() or (options.fail_fast and summary.videos_failed):
-                break
-            stat = _stat(item.path)
-            try:
-                result = extractor.process(item, worker.run(extractor.task_for(item)), options.stop)
-            except VideoFailure as failure:
-                fail(item.given, str(item.path), failure.stage, failure.error_type, failure.reason, stat)
-                if on_video:
-                    on_video(0)
-                continue
-            except Abandoned:
-                log.warning("%s: interrupted; it will be extracted by the next run", item.given)
-                break
-            for warning in result.video.warnings:
-                log.warning("%s: %s", item.given, warning)
-            summary.warnings += len(result.video.warnings)
-            _write(writer.add, result)
-            summary.videos_done += 1
-            summary.clips += result.num_clips
-            if on_video:
-                on_video(result.num_clips)
-        _write(writer.close)
-    finally:
-        worker.close()
-        summary.shards = [str(p) for p in writer.written]
-        summary.seconds = time.perf_counter() - started
-        summary.interrupted = options.stop()
-    return summary
+    return todo
 
 
 def printable(path: str) -> str:

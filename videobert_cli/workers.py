@@ -17,7 +17,8 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from .transcripts import Transcript
 
 # Test hook, comma-separated: "hang:<name part>", "crash:<name part>", "modify:<name part>".
 TEST_HOOK_ENV = "VIDEOBERT_TEST_HOOK"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ class Chunk:
 @dataclass
 class End:
     pass
+
+
+@dataclass
+class Ready:
+    """A fresh worker has imported its libraries: the stall clock starts now, not at spawn."""
 
 
 @dataclass
@@ -149,11 +156,17 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
         raise StageError("decode", "FileChanged", "file changed while being read; it will be retried next run")
 
 
+STARTUP_LIMIT = 300.0  # seconds a fresh worker may take to import its libraries
+
+
 def _worker_main(tasks: Any, results: Any) -> None:
     import torch
 
+    from . import encoders, planning, transcripts  # noqa: F401  (imported before saying ready)
+
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what an interrupt means
+    results.put((0, Ready()))
     while (item := tasks.get()) is not None:
         task_id, task = item
         try:
@@ -179,19 +192,23 @@ class DecodeWorker:
         self._start()  # now, so its imports overlap the main process loading models
 
     def _start(self) -> None:
+        self._ready = False
         self._tasks = self._ctx.Queue()
         self._results = self._ctx.Queue(maxsize=self.queue_size)
         self._proc = self._ctx.Process(target=_worker_main, args=(self._tasks, self._results), daemon=True,
                                        name="videobert-decode")
         self._proc.start()
 
-    def run(self, task: VideoTask) -> Iterator[Header | Chunk | Failed]:
-        """Messages for `task`; ends with its last Chunk or with a Failed."""
+    def submit(self, task: VideoTask) -> None:
+        """Start decoding `task` now; read it later with `messages()`."""
         if self._proc is None or not self._proc.is_alive() or self._busy:
-            self.restart()
+            self.restart()  # a crashed worker, or a task whose messages were abandoned half-read
         self._task_id += 1
         self._busy = True
         self._tasks.put((self._task_id, task))
+
+    def messages(self) -> Iterator[Header | Chunk | Failed]:
+        """The submitted task's messages; ends after its last Chunk or with a Failed."""
         last_progress = time.monotonic()
         while True:
             try:
@@ -203,10 +220,15 @@ class DecodeWorker:
                     how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                     yield Failed("decode", "DecoderCrashed", f"the decoder process died ({how})")
                     return
-                if time.monotonic() - last_progress > self.timeout:
+                limit = self.timeout if self._ready else STARTUP_LIMIT
+                if time.monotonic() - last_progress > limit:
                     self.restart()
-                    yield Failed("decode", "Timeout", f"no progress for {self.timeout:g} s (decoder hung); killed")
+                    yield Failed("decode", "Timeout", f"no progress for {limit:g} s (decoder hung); killed")
                     return
+                continue
+            if isinstance(message, Ready):
+                self._ready = True
+                last_progress = time.monotonic()
                 continue
             if task_id != self._task_id:
                 continue  # left over from an abandoned task
@@ -218,6 +240,10 @@ class DecodeWorker:
             if isinstance(message, Failed):
                 self._busy = False
                 return
+
+    def run(self, task: VideoTask) -> Iterator[Header | Chunk | Failed]:
+        self.submit(task)
+        return self.messages()
 
     def restart(self) -> None:
         self.close(graceful=False)
@@ -237,3 +263,38 @@ class DecodeWorker:
             q.cancel_join_thread()
             q.close()
         self._proc = None
+
+
+class DecodePool:
+    """Several decode workers; videos are handed out round-robin and read back in order.
+
+    While the main process encodes video i, the other workers are already
+    decoding videos i+1 ... i+n-1 (each into its own bounded queue)."""
+
+    def __init__(self, workers: int, timeout: float) -> None:
+        self.workers = [DecodeWorker(timeout) for _ in range(max(1, workers))]
+
+    def run(self, items: Iterable[T], task_of: Callable[[T], VideoTask]
+            ) -> Iterator[tuple[T, Iterator[Header | Chunk | Failed]]]:
+        pending = iter(items)
+        in_flight: deque[tuple[DecodeWorker, T]] = deque()
+        for worker in self.workers:
+            item = next(pending, _DONE)
+            if item is _DONE:
+                break
+            worker.submit(task_of(item))
+            in_flight.append((worker, item))
+        while in_flight:
+            worker, item = in_flight.popleft()
+            yield item, worker.messages()
+            nxt = next(pending, _DONE)
+            if nxt is not _DONE:
+                worker.submit(task_of(nxt))  # restarts the worker if the caller left its messages half-read
+                in_flight.append((worker, nxt))
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close(graceful=not worker._busy)
+
+
+_DONE = object()

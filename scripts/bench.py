@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Throughput of `videobert extract` against its own ceiling, in one run, on the same clips.
+
+Stages measured (ResNet-50 and a bert-base-sized encoder, random weights built from their
+configs, no downloads; inputs are real decoded frames and real transcript text, never zeros):
+  (a) decode + preprocess only (the decode worker's code, in this process)     clips/s
+  (b) image encoder only, on pre-made uint8 tensors of the production batch shape  frames/s
+  (c) text encoder only, on the corpus transcripts                            clips/s
+  (d) fusion + HDF5 write only                                                clips/s
+  (e) the full `videobert extract` (a separate process)                       clips/s
+  (f) peak RSS of (e), and of (e) on one long video
+Ideal: on the CPU the stages share the cores, so ideal = 1 / (sum of per-clip stage times);
+on a GPU the ideal is the slowest stage. Prints a table (stderr) and one JSON line (stdout).
+
+    python3 scripts/bench.py [--quick] [--device cpu|cuda] [--out FILE] [--corpus DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+WORDS = ("the a red blue green small large model video frame people talk about learning data show today next "
+         "first then because result we you they see look here there good new time work").split()
+
+
+def make_video(path: Path, seconds: float, fps: int = 30, size: tuple[int, int] = (640, 360), seed: int = 0) -> None:
+    """H.264 with moving content (a drifting colour field and a moving block) and an SRT of ~2.5 words/s."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * 255 // width), (y * 255 // height), ((x + y) * 127 // (width + height))], -1)
+    base = base.astype(np.uint8)
+    noise = rng.integers(0, 40, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "28"}
+        for i in range(int(seconds * fps)):
+            frame_rgb = np.roll(base, shift=(i * 3) % width, axis=1) + noise
+            bx = (i * 7) % (width - 80)
+            frame_rgb[100:180, bx : bx + 80] = (255, (i * 5) % 255, 40)
+            frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    lines, t, n = [], 0.0, 1
+    while t < seconds - 0.5:
+        length = min(3.0, seconds - t)
+        words = " ".join(rng.choice(WORDS, size=max(1, int(length * 2.5))))
+        lines.append(f"{n}\n{_ts(t)} --> {_ts(t + length)}\n{words}\n")
+        t, n = t + length, n + 1
+    path.with_suffix(".srt").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _ts(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def corpus(root: Path, quick: bool) -> tuple[list[Path], Path]:
+    count, seconds, long_seconds = (1, 4.5, 9.0) if quick else (8, 60.0, 1200.0)
+    short = [root / f"short/v{i}.mp4" for i in range(count)]
+    for i, path in enumerate(short):
+        if not path.exists():
+            print(f"bench: making {path} ({seconds:.0f} s)", file=sys.stderr)
+            make_video(path, seconds, seed=i)
+    long = root / "long/long.mp4"
+    if not long.exists():
+        print(f"bench: making {long} ({long_seconds:.0f} s)", file=sys.stderr)
+        make_video(long, long_seconds, seed=99)
+    return short, long
+
+
+def text_model(root: Path) -> Path:
+    """A bert-base-sized encoder (12 layers, 768 wide) with random weights and a real uncased vocab if one is
+    installed (all-MiniLM-L6-v2 ships bert-base-uncased's), else the corpus words."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from videobert_cli.models import OFFLINE_TEXT_MODELS, package_path
+
+    folder = root / "bert-base-random"
+    if (folder / "config.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    package, inner, _ = OFFLINE_TEXT_MODELS["sentence-transformers/all-MiniLM-L6-v2"]
+    installed = package_path(package, inner)
+    vocab = (installed / "vocab.txt").read_text() if installed else "\n".join(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]) + "\n"
+    (folder / "vocab.txt").write_text(vocab)
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab.splitlines()))).save_pretrained(str(folder))
+    return folder
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+
+    from videobert_cli.config import load_config
+    from videobert_cli.discover import discover
+    from videobert_cli.fusion import FusionConfig, build_fusion
+    from videobert_cli.pipeline import Extractor
+    from videobert_cli.transcripts import read_transcript
+    from videobert_cli.workers import Chunk, Header, prepare_video
+    from videobert_cli.writer import ShardWriter
+
+    root = args.corpus
+    short, long = corpus(root, args.quick)
+    bert = text_model(root / "models")
+    sets = ["video_model=resnet50", "video_weights=random", f"text_model={bert}", f"device={args.device}",
+            f"batch_size={args.batch_size}"]
+    config = load_config(None, sets)
+    extractor = Extractor(config)
+    videos, _ = discover([str(p) for p in short])
+
+    # (a) decode + preprocess: the worker's code path, on the same videos
+    started = time.perf_counter()
+    clips, pixels_sample = 0, None
+    for item in videos:
+        for message in prepare_video(extractor.task_for(item)):
+            if isinstance(message, Header):
+                clips += len(message.plan.clips)
+            elif isinstance(message, Chunk) and pixels_sample is None:
+                pixels_sample = message.pixels
+    decode_s = time.perf_counter() - started
+    frames_per_clip = config.frames_per_clip
+
+    # (b) image encoder on production-shaped uint8 batches (real decoded frames, tiled to the batch size)
+    reps = -(-args.batch_size // len(pixels_sample))
+    batch = torch.from_numpy(np.concatenate([pixels_sample] * reps)[: args.batch_size])
+    extractor.image.encode(batch, args.batch_size)  # warm-up
+    n_batches = max(1, (clips * frames_per_clip) // args.batch_size) if not args.quick else 1
+    n_batches = min(n_batches, args.max_image_batches)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(n_batches):
+        extractor.image.encode(batch, args.batch_size)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    image_fps = n_batches * args.batch_size / (time.perf_counter() - started)
+
+    # (c) text encoder on the corpus transcripts (every cue of every video)
+    cues = [[c.words for c in read_transcript(p.with_suffix(".srt")).cues] for p in short]
+    started = time.perf_counter()
+    for video_cues in cues:
+        extractor.text.encode_cues(video_cues)
+    text_cps = clips / (time.perf_counter() - started)
+
+    # (d) fusion + write, on clip-shaped features
+    fusion, _ = build_fusion(FusionConfig(extractor.image.feature_dim, extractor.text.feature_dim), 0, None)
+    fusion.to(extractor.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = ShardWriter(Path(tmp), extractor.shard_attrs(), shard_size=10**6, dtype="float32",
+                             save_frames=False, save_tokens=False)
+        from videobert_cli.writer import VideoRecord, VideoResult
+
+        started = time.perf_counter()
+        per = 64
+        with torch.inference_mode():
+            for first in range(0, clips, per):
+                n = min(per, clips - first)
+                frames = torch.randn(n, frames_per_clip, extractor.image.feature_dim, device=extractor.device)
+                tokens = torch.randn(n, 16, extractor.text.feature_dim, device=extractor.device)
+                fused, has_text = fusion(frames, tokens, torch.ones(n, 16, dtype=torch.bool, device=tokens.device))
+                record = VideoRecord("x", "/x", 0, 0.0, 1.0, 30.0, 30, 640, 360, "h264", "decord", "", "", "none",
+                                     False, [])
+                writer.add(VideoResult(record, np.zeros(n), np.ones(n), np.zeros((n, frames_per_clip), np.int64),
+                                       np.zeros((n, frames_per_clip)), [""] * n, has_text.cpu().numpy(),
+                                       fused.cpu().numpy(), frames.mean(1).cpu().numpy(),
+                                       tokens.mean(1).cpu().numpy(), np.full(n, 16, np.int32)))
+            writer.close()
+        fuse_cps = clips / (time.perf_counter() - started)
+    del extractor
+
+    # (e) the full extract, in its own process; (f) its peak RSS, and on the long video
+    e2e = run_extract([str(p) for p in short], sets, args)
+    long_run = run_extract([str(long)], sets, args)
+
+    per_clip = {"decode": decode_s / clips, "image": frames_per_clip / image_fps, "text": 1 / text_cps,
+                "fuse_write": 1 / fuse_cps}
+    if args.device.startswith("cuda"):
+        ideal = min(1 / t for t in per_clip.values())
+    else:
+        ideal = 1 / sum(per_clip.values())
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads, device {args.device}",
+        "quick": args.quick, "clips": clips, "batch_size": args.batch_size, "frames_per_clip": frames_per_clip,
+        "a_decode_clips_per_s": round(clips / decode_s, 2),
+        "b_image_frames_per_s": round(image_fps, 2),
+        "c_text_clips_per_s": round(text_cps, 2),
+        "d_fuse_write_clips_per_s": round(fuse_cps, 2),
+        "e_extract_clips_per_s": e2e["clips_per_second"],
+        "ideal_clips_per_s": round(ideal, 3),
+        "ratio": round(e2e["clips_per_second"] / ideal, 3),
+        "f_peak_rss_mb_corpus": e2e["peak_rss_mb"],
+        "f_peak_rss_mb_long_video": long_run["peak_rss_mb"],
+        "rss_long_over_corpus": round(long_run["peak_rss_mb"] / e2e["peak_rss_mb"], 3),
+        "long_video_clips": long_run["clips"],
+    }
+
+
+def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "videobert_cli", "extract", *inputs, "-o", out, "--quiet"]
+        for item in sets:
+            command += ["--set", item]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        stdout = proc.stdout.read()
+        stderr = proc.stderr.read()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"bench: extract failed:\n{stderr}")
+        summary = json.loads(stdout.strip().splitlines()[-1])
+    summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # the largest process (the main one)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small corpus: a smoke run, not a measurement")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-image-batches", type=int, default=8, help="cap on batches timed in (b)")
+    parser.add_argument("--corpus", type=Path, default=Path(".bench"), help="where the corpus is made or reused")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    if args.quick:
+        args.corpus = args.corpus / "quick"
+    result = measure(args)
+    rows = [("(a) decode + preprocess", f"{result['a_decode_clips_per_s']} clips/s"),
+            ("(b) image encoder", f"{result['b_image_frames_per_s']} frames/s"),
+            ("(c) text encoder", f"{result['c_text_clips_per_s']} clips/s"),
+            ("(d) fusion + write", f"{result['d_fuse_write_clips_per_s']} clips/s"),
+            ("(e) extract, end to end", f"{result['e_extract_clips_per_s']} clips/s"),
+            ("ideal", f"{result['ideal_clips_per_s']} clips/s"), ("ratio e / ideal", str(result["ratio"])),
+            ("(f) peak RSS, corpus / long video", f"{result['f_peak_rss_mb_corpus']} / "
+                                                   f"{result['f_peak_rss_mb_long_video']} MB")]
+    print(result["machine"], file=sys.stderr)
+    for name, value in rows:
+        print(f"  {name:<36} {value}", file=sys.stderr)
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        args.out.write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
