@@ -49,26 +49,35 @@ def write_video(
     width: int = 192,
     height: int = 108,
     codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+    rotation: int = 0,
 ) -> list[float]:
     """Write a video and return the presentation time (s) of each frame.
 
     `frame_times` gives an explicit (possibly irregular) timeline for a
     variable-frame-rate file; otherwise frames come at `fps` for `seconds`.
+    `options` replace the encoder's (e.g. B-frames), `container_options` the
+    muxer's (e.g. faststart), `rotation` sets display-matrix rotation metadata.
     """
     if frame_times is None:
         frame_times = [i / fps for i in range(int(round(seconds * fps)))]
     path.parent.mkdir(parents=True, exist_ok=True)
     time_base = Fraction(1, 1000)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width = width
         stream.height = height
         stream.pix_fmt = "yuv420p"
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
-        if codec == "libx264":
+        if options is not None:
+            stream.options = options
+        elif codec == "libx264":
             # Lossless-ish and without B-frame reordering surprises.
             stream.options = {"crf": "10", "preset": "ultrafast"}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for index, t in enumerate(frame_times):
             frame = av.VideoFrame.from_ndarray(frame_image(index, width, height), format="rgb24")
             frame.pts = int(round(t * 1000))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
-from media import frame_image, read_index, write_audio_only, write_video
+from media import read_index, write_audio_only, write_video
 
 from videobert_cli.decode import DecodeError, PyAVSource, open_video
 from videobert_cli.planning import plan_clips
@@ -63,17 +62,7 @@ def test_decord_and_pyav_give_the_same_frames(tmp_path: Path, codec: str, suffix
 
 def test_b_frames_come_back_in_presentation_order(tmp_path: Path) -> None:
     path = tmp_path / "bframes.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 192, 108, "yuv420p"
-        stream.options = {"crf": "10", "preset": "medium", "bf": "3", "g": "12"}
-        for i in range(40):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, 192, 108), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, fps=10, seconds=4, options={"crf": "10", "preset": "medium", "bf": "3", "g": "12"})
     for source in (open_video(path), PyAVSource(path, 1, "h264", "test")):
         assert source.info.frame_count == 40
         assert source.info.frame_starts[0] == 0.0
@@ -138,18 +127,7 @@ def test_large_frames_are_scaled_while_decoding_keeping_the_aspect_ratio(tmp_pat
 
 def test_rotation_metadata_is_applied_the_same_way_by_both_decoders(tmp_path: Path) -> None:
     path = tmp_path / "portrait.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 192, 108, "yuv420p"
-        stream.options = {"crf": "10", "preset": "ultrafast"}
-        stream.set_display_rotation(90)  # a phone held upright
-        for i in range(10):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, 192, 108), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, fps=10, seconds=1, rotation=90)  # a phone held upright
     decord_source = open_video(path)
     pyav_source = PyAVSource(path, 1, "h264", "test")
     a, b = decord_source.read([3]), pyav_source.read([3])
