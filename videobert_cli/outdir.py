@@ -140,14 +140,15 @@ class OutputDir:
         if not self.failure_log.exists():
             return []
         records = []
-        for number, line in enumerate(self.failure_log.read_text(encoding="utf-8").splitlines(), 1):
+        lines = self.failure_log.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 # A kill in the middle of an append can leave a partial last line; anywhere else it is damage.
-                if number == len(self.failure_log.read_text(encoding="utf-8").splitlines()):
+                if number == len(lines):
                     log.warning("%s: ignoring a partial last line", self.failure_log)
                     continue
                 raise ValueError(f"{self.failure_log}:{number}: not a JSON line") from None
