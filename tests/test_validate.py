@@ -1,0 +1,51 @@
+"""`videobert validate` names each kind of damage; the failure log tolerates only a torn last line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from media import write_video
+
+from videobert_cli.cli import main
+from videobert_cli.outdir import OutputDir
+from videobert_cli.validate import validate
+
+
+@pytest.fixture
+def extracted(tmp_path: Path, tiny_args: list[str]) -> Path:
+    write_video(tmp_path / "v.mp4", fps=10, seconds=3)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "-o", str(out), *tiny_args])
+    assert result.exit_code == 0, result.stderr
+    assert validate(out).ok
+    return out
+
+
+def test_damage_is_named_and_exits_1(extracted: Path) -> None:
+    shard = extracted / "shard-00000.h5"
+    shutil.copy(shard, extracted / "shard-00001.h5")  # the same video twice, unchanged
+    with h5py.File(shard, "r+") as f:
+        fused = f["clips/fused"][()]
+        fused[0, 0] = np.nan
+        f["clips/fused"][...] = fused
+        f["videos/clip_count"][0] = 5
+    (extracted / "failures.jsonl").write_text('{"abspath": "/x", "stage": "probe", "message": "m"}\nnot json\n{}\n')
+    problems = validate(extracted).problems
+    assert any("clips/fused: 1 NaN/Inf" in p for p in problems)
+    assert any("the videos table counts 5 clips, the shard holds 2" in p for p in problems)
+    assert any("extracted twice" in p for p in problems)
+    assert any("failures.jsonl:2: not a JSON line" in p for p in problems)
+    result = CliRunner().invoke(main, ["validate", str(extracted)])
+    assert result.exit_code == 1 and "PROBLEM" in result.stdout
+
+
+def test_a_torn_last_line_of_the_failure_log_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "failures.jsonl").write_text(json.dumps({"abspath": "/a", "stage": "probe", "message": "m"})
+                                             + '\n{"abspath": "/b", "sta')
+    assert [r["abspath"] for r in OutputDir(tmp_path).failure_records()] == ["/a"]
