@@ -389,3 +389,10 @@ def models_verify(config_file: Path | None, overrides: tuple[str, ...], models_d
             for detail in v.details[:1]:
                 click.echo(f"       {detail}")
     sys.exit(EXIT_OK if all(v.trained for v in verdicts) else EXIT_FAILED)
+
+
+from .train_cli import evaluate, fuse, train  # noqa: E402  (registered last: they import the library lazily)
+
+main.add_command(train)
+main.add_command(evaluate)
+main.add_command(fuse)

@@ -37,7 +37,9 @@ def load_backbone(model_name: str, weights: str, models_root: Path | None = None
     from torchvision.models import get_model
 
     state, record, tv_weights = resolve_video_weights(model_name, weights, models_root)
-    model = get_model(model_name, weights=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # `random` weights are the same in every run, so resumed runs match
+        model = get_model(model_name, weights=None)
     if state is not None:
         try:
             model.load_state_dict(state)

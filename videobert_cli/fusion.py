@@ -14,6 +14,10 @@ A clip with no text has no keys for the video queries: the attention term is
 taken as 0, so Hv' = LayerNorm(Hv), and fused = pv (never NaN; `has_text` is
 False in the output). Without a checkpoint the weights come from
 `torch.manual_seed(seed)`, so the same seed gives the same module everywhere.
+
+A checkpoint is a dict {"state_dict", "config", ...}; one written by `videobert train`
+(training.py) also records the feature models it was trained on, and `build_fusion` refuses it for
+features of other models when given theirs (`feature_models`).
 """
 
 from __future__ import annotations
@@ -111,19 +115,26 @@ def _describe(models: list[dict[str, str]]) -> str:
 
 
 def check_feature_models(trained_on: list[dict[str, str]], actual: Iterable[ModelRecord | Mapping[str, Any]],
-                         source: str) -> None:
-    """Refuse a fusion trained on features from other models. Weights are compared by sha256; random
-    (untrained) weights have none, so for those the model name must match (and cannot say more)."""
+                         source: str, random_verified: bool = False) -> None:
+    """Refuse a fusion trained on features from other models, compared by weights sha256.
+
+    Random (untrained) weights have no sha256 and differ in every extract run, so a fusion trained
+    on them fits only the features of that very run: refused unless the caller has checked that
+    (`random_verified`, see training.check_checkpoint_features)."""
     have = {m["role"]: m for m in feature_model_ids(actual)}
     for want in trained_on:
         got = have.get(want["role"])
-        same = got is not None and got["sha256"] == want["sha256"] and (
-            want["sha256"] != RANDOM or got["name"] == want["name"])
-        if not same:
+        if got is None or got["sha256"] != want["sha256"] or (want["sha256"] == RANDOM and got["name"] != want["name"]):
             raise ModelError(
                 f"{source} was trained on features of {_describe(trained_on)}; these features come from "
                 f"{_describe(list(have.values())) or 'unrecorded models'}: refusing to mix them "
                 "(train a fusion on these features, or extract with the models it was trained on)")
+        if want["sha256"] == RANDOM and not random_verified:
+            raise ModelError(
+                f"{source} was trained on features of RANDOM (untrained) {want['role']} weights, which differ "
+                "in every extract run, and these are not the features it was trained on: refusing "
+                "(to train on untrained weights that can be reproduced, save them once and pass the file "
+                "as --video-weights PATH)")
 
 
 def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
@@ -143,11 +154,12 @@ def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
 
 def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None,
                  feature_models: Iterable[ModelRecord | Mapping[str, Any]] | None = None,
-                 ) -> tuple[CrossModalFusion, ModelRecord]:
+                 random_verified: bool = False) -> tuple[CrossModalFusion, ModelRecord]:
     """A fusion module from a fixed seed, or from a checkpoint {"state_dict", "config", ...}.
 
     With `feature_models` (the records of the models that make the features), a checkpoint that
-    records other feature models is refused."""
+    records other feature models (`videobert train` records them) is refused; see
+    `check_feature_models` for random weights."""
     if checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -162,7 +174,7 @@ def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None,
             f"these models give video={config.video_dim}, text={config.text_dim}"
         )
     if feature_models is not None and blob.get("feature_models"):
-        check_feature_models(blob["feature_models"], feature_models, str(path))
+        check_feature_models(blob["feature_models"], feature_models, str(path), random_verified)
     module = CrossModalFusion(saved)
     module.load_state_dict(blob["state_dict"])
     return module.eval(), ModelRecord("fusion", "cross-modal-attention", str(path), str(path.resolve()),

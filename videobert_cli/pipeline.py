@@ -108,7 +108,8 @@ class Extractor:
                                 config.text_batch_size, models_root, config.precision)
         fusion_config = FusionConfig(self.image.feature_dim, self.text.feature_dim, config.fusion_dim,
                                      config.fusion_heads)
-        self.fusion, fusion_record = build_fusion(fusion_config, config.fusion_seed, config.fusion_checkpoint)
+        self.fusion, fusion_record = build_fusion(fusion_config, config.fusion_seed, config.fusion_checkpoint,
+                                                  feature_models=[self.image.record, self.text.record])
         self.fusion.to(self.device)
         self.fused_dim = self.fusion.config.dim
         self.models = [self.image.record, self.text.record, fusion_record]
