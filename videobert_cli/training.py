@@ -112,15 +112,14 @@ class TrainConfig:
 
 
 def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The extractor's device rule (pipeline.resolve_device), reported as a TrainingError."""
+    from .models import ModelError
+    from .pipeline import resolve_device as resolve
+
     try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise TrainingError(f"unknown device {spec!r} (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {spec} asked for, but CUDA is not available here")
-    return device
+        return resolve(spec)
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------- corpus
