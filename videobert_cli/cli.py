@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from . import __version__
 from .config import ConfigError, load_config
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_LOCKED = 0, 1, 2, 3, 75
+from .session import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ExtractRequest, SessionError, run_session  # noqa: F401
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -27,19 +29,15 @@ Exit codes:
   130  interrupted by SIGINT, 143 by SIGTERM: finished videos were written,
        rerun to finish"""
 
-# Settings that change only how fast a run goes, not what it writes; all others must match
-# the shards already in an output folder for a run to add to it.
-EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "workers", "threads",
-                  "precision", "compile"}
 
 
-def _setup_logging(quiet: bool) -> logging.Logger:
-    """Log lines go to the stderr of this invocation, one line each."""
+def _setup_logging(quiet: bool, tag: str = "") -> logging.Logger:
+    """Log lines go to the stderr of this invocation, one line each (tagged with the part in split runs)."""
     logger = logging.getLogger("videobert_cli")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("videobert: %(levelname)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"videobert{tag}: %(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False
@@ -88,10 +86,15 @@ def main() -> None:
 @click.option("--decode-timeout", type=float, default=120.0, show_default=True,
               help="Seconds a video's decoder may go without progress before it is killed and the video failed.")
 @click.option("--wait", is_flag=True, help="If another run holds the output folder, wait for it instead of exiting 75.")
+@click.option("--num-shards", type=int, help="Split the work into N parts by file size and run one of them (with "
+              "--shard-index): for job arrays and several machines sharing a filesystem [SLURM_ARRAY_TASK_COUNT "
+              "in a Slurm job array; under torchrun the ranks split the work themselves].")
+@click.option("--shard-index", type=int, help="The part to run, 0..N-1 [from SLURM_ARRAY_TASK_ID].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings; errors only.")
 def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None, config_file: Path | None,
             overrides: tuple[str, ...], models_dir: Path | None, overwrite: bool, retry_failed: bool,
-            fail_fast: bool, decode_timeout: float, wait: bool, quiet: bool, **flags: object) -> None:
+            fail_fast: bool, decode_timeout: float, wait: bool, num_shards: int | None, shard_index: int | None,
+            quiet: bool, **flags: object) -> None:
     """Extract one fused embedding per clip from videos and their transcripts.
 
     INPUTS are video files, folders (searched recursively) or '-' to read
@@ -104,85 +107,68 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     failed before are skipped unless they changed or --retry-failed is given.
     Failures are appended to OUT/failures.jsonl.
     """
-    log = _setup_logging(quiet)
-    from .discover import discover
-    from .models import ModelError
-    from .outdir import LockHeld, OutputDir
-    from .pipeline import Extractor, OutputWriteError, RunOptions, plan_cpu_split, resolve_device, run_extract
-    from .workers import DecodePool
+    from .distribute import SplitError, resolve_part
 
     try:
         config = load_config(config_file, overrides, flags)
-    except ConfigError as exc:
+        part = resolve_part(num_shards, shard_index, os.environ)
+    except (ConfigError, SplitError) as exc:
         raise click.UsageError(str(exc)) from None
+    if overwrite and part.split and not part.torchrun:
+        raise click.UsageError("--overwrite would delete the other parts' shards too, so one part of a split run "
+                               "cannot take it; delete the output folder first, or use --overwrite under torchrun")
+    log = _setup_logging(quiet, f"[{part.label}]" if part.split else "")
+    request = ExtractRequest(inputs=inputs, out_dir=out_dir, transcripts_dir=transcripts_dir, config=config,
+                             part=part, models_dir=models_dir, overwrite=overwrite, wait=wait,
+                             retry_failed=retry_failed, fail_fast=fail_fast, decode_timeout=decode_timeout)
+    bars = _ProgressBars(show=not quiet and sys.stderr.isatty())
     try:
-        videos, problems = discover(inputs, transcripts_dir, stdin=sys.stdin)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if not videos and not problems:
-        _fatal(f"no videos found in {', '.join(inputs)}", EXIT_USAGE)
-    out = OutputDir(out_dir)
-    try:
-        out.lock(wait)
-    except LockHeld as exc:
-        _fatal(str(exc), EXIT_LOCKED)
-    except OSError as exc:
-        _fatal(f"cannot use output folder {out_dir} ({exc.strerror or exc})", EXIT_OUTPUT)
-    try:
-        device = resolve_device(config.device)
-    except ModelError as exc:
-        out.unlock()
-        _fatal(str(exc), EXIT_USAGE)
-    pool = DecodePool(plan_cpu_split(config, device)[0], decode_timeout)  # starts now, while models load
-    try:
-        out.remove_temporary()
-        if overwrite:
-            out.clear()
-        extractor = Extractor(config, models_dir)  # every model resolves before any video is decoded
-        _check_same_setup(out, extractor)
-    except ModelError as exc:
-        pool.close()
-        out.unlock()
-        _fatal(str(exc), EXIT_USAGE)
-    if extractor.image.record.sha256 == "random":
-        log.warning("video weights are RANDOM (untrained); recorded in the shards")
-
-    from tqdm import tqdm
-
-    show = not quiet and sys.stderr.isatty()
-    bar = tqdm(total=len(videos), unit="video", disable=not show, file=sys.stderr)
-    clips_bar = tqdm(unit="clip", disable=not show, file=sys.stderr, position=1)
-
-    def progress(clips: int) -> None:
-        bar.update(1)
-        clips_bar.update(clips)
-
-    options = RunOptions(retry_failed=retry_failed, fail_fast=fail_fast, decode_timeout=decode_timeout)
-    previous = _install_stop_handlers(options.stop, log)
-    try:
-        summary = run_extract(videos, problems, out, extractor, options, on_video=progress, pool=pool)
+        outcome = run_session(request, on_video=bars.update, on_start=bars.start,
+                              install_stop=lambda stop: _install_stop_handlers(stop, log))
+    except SessionError as exc:
+        if exc.code == EXIT_USAGE and exc.usage:
+            raise click.UsageError(str(exc)) from None
+        _fatal(str(exc), exc.code, echo_json=exc.echo_json)
     except KeyboardInterrupt:
         click.echo("videobert: aborted: videos not yet in a completed shard will be done by the next run", err=True)
         click.echo(json.dumps({"interrupted": True, "aborted": True, "exit_code": 130}))
         sys.exit(130)
-    except OutputWriteError as exc:
-        _fatal(str(exc), EXIT_OUTPUT)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        bar.close()
-        clips_bar.close()
-        out.unlock()
-    click.echo(json.dumps(summary.to_dict()))
-    if summary.interrupted:
-        sys.exit(128 + int(options.stop.signal or signal.SIGINT))
-    sys.exit(EXIT_FAILED if summary.videos_failed or summary.videos_failed_before else EXIT_OK)
+        bars.close()
+    if outcome.echo_json:
+        click.echo(json.dumps(outcome.summary))
+    sys.exit(outcome.exit_code)
 
 
-def _fatal(message: str, code: int) -> None:
+class _ProgressBars:
+    """A videos bar and a clips bar on stderr, only on a terminal (and only on torchrun's rank 0)."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.bars: list = []
+
+    def start(self, videos: int, leader: bool) -> None:
+        from tqdm import tqdm
+
+        disable = not (self.show and leader)
+        self.bars = [tqdm(total=videos, unit="video", disable=disable, file=sys.stderr),
+                     tqdm(unit="clip", disable=disable, file=sys.stderr, position=1)]
+
+    def update(self, clips: int) -> None:
+        if self.bars:
+            self.bars[0].update(1)
+            self.bars[1].update(clips)
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
+def _fatal(message: str, code: int, echo_json: bool = True) -> NoReturn:
     """A run-ending error: one line on stderr, a JSON summary on stdout, the exit code."""
     click.echo(f"videobert: error: {message}", err=True)
-    click.echo(json.dumps({"error": message, "exit_code": code}))
+    if echo_json:  # torchrun ranks other than 0 leave stdout to rank 0
+        click.echo(json.dumps({"error": message, "exit_code": code}))
     sys.exit(code)
 
 
@@ -200,23 +186,6 @@ def _install_stop_handlers(stop, log: logging.Logger) -> dict:
     for signum in previous:
         signal.signal(signum, handler)
     return previous
-
-
-def _check_same_setup(out, extractor) -> None:
-    """Refuse to add rows made with other settings or models to an output folder."""
-    from .models import ModelError
-
-    existing = out.existing_attrs()
-    if existing is None:
-        return
-    old, new = existing.get("config", {}), extractor.config.to_dict()
-    changed = sorted(k for k in set(old) | set(new) if k not in EXECUTION_KEYS and old.get(k) != new.get(k))
-    old_models = {m["role"]: m["sha256"] for m in existing.get("models", [])}
-    new_models = {m.role: m.sha256 for m in extractor.models}
-    changed += [f"{role} model" for role in new_models if old_models.get(role) != new_models[role]]
-    if changed:
-        raise ModelError(f"{out.path} holds shards made with other settings ({', '.join(changed)}); "
-                         "use the same settings to add to it, --overwrite to start afresh, or another -o")
 
 
 @main.command()

@@ -23,17 +23,19 @@ from typing import Any
 
 import h5py
 
-from .writer import SHARD_GLOB, TMP_SUFFIX
+from .distribute import SINGLE, Part
+from .writer import TMP_SUFFIX, shard_number, sorted_shards
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".videobert.lock"
 FAILURE_LOG = "failures.jsonl"
+FAILURE_LOGS = "failures*.jsonl"  # failures.jsonl, and failures-rIII.jsonl per part of split runs
 STAGES = ("probe", "decode", "transcript", "encode", "write")
 
 
 class LockHeld(RuntimeError):
-    """Another run holds the output folder."""
+    """Another run holds the output folder (or this part of it)."""
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,6 @@ class DoneVideo:
     clip_count: int
 
 
-def shard_index(path: Path) -> int:
-    return int(path.name.split("-")[-1].split(".")[0])
-
-
-def sorted_shards(folder: Path) -> list[Path]:
-    """Completed shards, oldest first (their numbers only grow)."""
-    return sorted(folder.glob(SHARD_GLOB), key=lambda p: (shard_index(p), p.name))
-
-
 def append_line(path: Path, record: dict[str, Any]) -> None:
     """One JSON line, on disk before we go on (a kill right after keeps it)."""
     with open(path, "a", encoding="utf-8") as handle:
@@ -63,45 +56,83 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
 
 
 class OutputDir:
-    def __init__(self, path: Path) -> None:
+    """One output folder, seen by one run or by one part of a split run.
+
+    Locks (flock, dropped by the kernel when the holder dies): a run in one part holds
+    .videobert.lock exclusively. A part of a run split N ways holds it shared, holds
+    .videobert.split-N.lock shared (so runs split another number of ways, whose parts
+    would overlap, are refused) and .videobert.rIII.lock exclusively (so two runs of the
+    same part are refused). Each part writes only its own shard names and failure log."""
+
+    def __init__(self, path: Path, part: Part = SINGLE) -> None:
         self.path = path
-        self._lock_fd: int | None = None
+        self.part = part
+        self._lock_fds: list[int] = []
 
     # -- lock -------------------------------------------------------------------------------
     def lock(self, wait: bool = False) -> None:
-        """An exclusive flock on OUT/.videobert.lock; the kernel drops it when the holder dies."""
         self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path / LOCK_NAME
+        try:
+            if not self.part.split:
+                self._flock(LOCK_NAME, fcntl.LOCK_EX, wait, "another run")
+                self._stamp(self._lock_fds[-1], "")
+                return
+            self._flock(LOCK_NAME, fcntl.LOCK_SH, wait, "a run that is not split")
+            self._flock(f".videobert.split-{self.part.count}.lock", fcntl.LOCK_SH, wait, "another run")
+            for other in sorted(self.path.glob(".videobert.split-*.lock")):
+                if other.name != f".videobert.split-{self.part.count}.lock" and _held(other):
+                    raise LockHeld(f"{self.path} is in use by a run split {other.name.split('-')[1].split('.')[0]}"
+                                   f" ways; its parts would overlap with part {self.part.index} of "
+                                   f"{self.part.count}: wait for it to finish, or split the same way")
+            self._flock(f".videobert.{self.part.label}.lock", fcntl.LOCK_EX, wait,
+                        f"another run of part {self.part.index}")
+            self._stamp(self._lock_fds[-1], f" ({self.part.describe()})")
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _flock(self, name: str, mode: int, wait: bool, holder_kind: str) -> None:
+        lock_path = self.path / name
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, mode | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
-            holder = lock_path.read_text(errors="replace").strip() or "unknown"
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockHeld(f"{self.path} is in use by another run ({holder}); "
+                holder = lock_path.read_text(errors="replace").strip() or "unknown"
+                raise LockHeld(f"{self.path} is in use by {holder_kind} ({holder}); "
                                "wait for it, or pass --wait to queue behind it") from None
             raise
+        self._lock_fds.append(fd)
+
+    @staticmethod
+    def _stamp(fd: int, what: str) -> None:
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode())
-        self._lock_fd = fd
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}{what}\n".encode())
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in reversed(self._lock_fds):
+            os.close(fd)
+        self._lock_fds = []
 
     # -- leftovers and overwrite ------------------------------------------------------------
     def remove_temporary(self) -> list[Path]:
-        leftovers = sorted(self.path.glob("*" + TMP_SUFFIX))
-        for path in leftovers:
-            log.warning("removing %s left by an interrupted run", path)
-            path.unlink()
+        """Temporary files of interrupted runs that no running part can own: all of them in a run
+        in one part; in a split run, each part's own, and part 0 also those of no current part."""
+        leftovers = []
+        live = {f"shard-r{i:03d}-" for i in range(self.part.count) if i != self.part.index}
+        for path in sorted(self.path.glob("*" + TMP_SUFFIX)):
+            owner = path.name[: len("shard-r000-")]
+            mine = (owner == f"shard-{self.part.label}-" or (self.part.index == 0 and owner not in live))
+            if not self.part.split or mine:
+                log.warning("removing %s left by an interrupted run", path)
+                path.unlink(missing_ok=True)
+                leftovers.append(path)
         return leftovers
 
     def clear(self) -> None:
-        """--overwrite: forget every shard and the failure log."""
-        for path in [*sorted_shards(self.path), self.path / FAILURE_LOG]:
+        """--overwrite: forget every shard and failure log (only with the whole folder locked)."""
+        for path in [*sorted_shards(self.path), *self.path.glob(FAILURE_LOGS)]:
             path.unlink(missing_ok=True)
 
     # -- what is done -----------------------------------------------------------------------
@@ -128,34 +159,20 @@ class OutputDir:
 
     def next_shard_index(self) -> int:
         shards = sorted_shards(self.path)
-        return shard_index(shards[-1]) + 1 if shards else 0
+        return max(map(shard_number, shards)) + 1 if shards else 0
 
     # -- failures ---------------------------------------------------------------------------
     @property
     def failure_log(self) -> Path:
-        return self.path / FAILURE_LOG
+        """Where this run (or this part) appends its failures."""
+        return self.path / (f"failures-{self.part.label}.jsonl" if self.part.split else FAILURE_LOG)
 
     def failure_records(self) -> list[dict[str, Any]]:
-        """Every record of the failure log; raises ValueError naming a bad line."""
-        if not self.failure_log.exists():
-            return []
+        """Every record of every part's failure log, oldest first; raises ValueError naming a bad line."""
         records = []
-        lines = self.failure_log.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                # A kill in the middle of an append can leave a partial last line; anywhere else it is damage.
-                if number == len(lines):
-                    log.warning("%s: ignoring a partial last line", self.failure_log)
-                    continue
-                raise ValueError(f"{self.failure_log}:{number}: not a JSON line") from None
-            if not isinstance(record, dict) or not {"abspath", "stage", "message"} <= set(record):
-                raise ValueError(f"{self.failure_log}:{number}: missing abspath/stage/message")
-            records.append(record)
-        return records
+        for log_path in sorted(self.path.glob(FAILURE_LOGS)):
+            records += _read_failure_log(log_path)
+        return sorted(records, key=lambda r: str(r.get("time", "")))  # stable: a log's own order on ties
 
     def failed_videos(self, done: dict[str, DoneVideo] | None = None) -> dict[str, dict[str, Any]]:
         """Last failure per absolute path, for paths not extracted since."""
@@ -171,6 +188,40 @@ class OutputDir:
                   "time": _now(), "attempt": attempt, "size": size, "mtime": mtime}
         append_line(self.failure_log, record)
         return record
+
+
+def _read_failure_log(path: Path) -> list[dict[str, Any]]:
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            # A kill in the middle of an append can leave a partial last line; anywhere else it is damage.
+            if number == len(lines):
+                log.warning("%s: ignoring a partial last line", path)
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON line") from None
+        if not isinstance(record, dict) or not {"abspath", "stage", "message"} <= set(record):
+            raise ValueError(f"{path}:{number}: missing abspath/stage/message")
+        records.append(record)
+    return records
+
+
+def _held(path: Path) -> bool:
+    """Whether some process holds a lock on `path` (probed without waiting, released at once)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
 
 
 def _now() -> str:

@@ -230,6 +230,7 @@ class RunOptions:
     fail_fast: bool = False
     decode_timeout: float = 120.0
     stop: StopRequest = field(default_factory=StopRequest)
+    first_shard: int | None = None  # number of the first shard written (agreed by torchrun ranks)
 
 
 class OutputWriteError(RuntimeError):
@@ -362,8 +363,9 @@ class BackgroundWriter:
 def plan_cpu_split(config: ExtractConfig, device: torch.device) -> tuple[int, int]:
     """(decode workers, torch threads). On the CPU the encoders need the cores far more than decoding
     does (ResNet-50 runs ~10 frames/s on 2 cores, decord decodes ~200), so torch gets every core and
-    one worker decodes ahead; on a GPU the workers must keep up with the device."""
-    cores = os.cpu_count() or 1
+    one worker decodes ahead; on a GPU the workers must keep up with the device. torchrun ranks on
+    one machine share its cores (LOCAL_WORLD_SIZE)."""
+    cores = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
     if device.type == "cuda":
         workers = config.workers or max(1, min(8, cores - 1))
         threads = config.threads or max(1, min(4, cores - workers))
@@ -406,7 +408,9 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
 
     writer = BackgroundWriter(ShardWriter(out.path, extractor.shard_attrs(), shard_size=cfg.shard_size,
                                           dtype=cfg.dtype, save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
-                                          first_index=out.next_shard_index()))
+                                          first_index=(out.next_shard_index() if options.first_shard is None
+                                                       else options.first_shard),
+                                          part_label=out.part.label if out.part.split else ""))
     pool = pool or DecodePool(extractor.workers, options.decode_timeout)
     batcher = FrameBatcher(extractor)
     in_order: deque[VideoInProgress] = deque()  # decoded or decoding, written in input order

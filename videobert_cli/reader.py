@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import torch.utils.data
 
-from .writer import SCHEMA_VERSION, SHARD_GLOB
+from .writer import SCHEMA_VERSION, SHARD_GLOB, sorted_shards
 
 CLIP_FIELDS = ("fused", "video_features", "text_features", "start", "end", "frame_times", "frame_indices",
                "text", "has_text", "token_count")
@@ -33,7 +33,7 @@ class FeatureError(ValueError):
 
 
 def shard_paths(out_dir: Path) -> list[Path]:
-    return sorted(Path(out_dir).glob(SHARD_GLOB))
+    return sorted_shards(Path(out_dir))
 
 
 def read_attrs(handle: h5py.File) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .outdir import OutputDir, sorted_shards
+from .outdir import OutputDir
+from .writer import sorted_shards
 from .reader import read_attrs
 from .writer import SCHEMA_VERSION, TMP_SUFFIX
 

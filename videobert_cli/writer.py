@@ -19,6 +19,9 @@ import numpy as np
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
 TMP_SUFFIX = ".tmp"
+# shard-NNNNN.h5 from a run in one part; shard-rIII-NNNNN.h5 from part (rank) III of a split run.
+# NNNNN only grows within a folder: each run starts above every shard there, so the shard order
+# (number, then name) puts a video's newer rows after its older ones whichever part wrote them.
 
 _STR = h5py.string_dtype(encoding="utf-8")
 
@@ -77,10 +80,24 @@ _VIDEO_COLUMNS = {  # name -> HDF5 dtype
 }
 
 
+def shard_number(path: Path) -> int:
+    return int(path.name.split("-")[-1].split(".")[0])
+
+
+def sorted_shards(folder: Path) -> list[Path]:
+    """Completed shards, oldest first."""
+    return sorted(Path(folder).glob(SHARD_GLOB), key=lambda p: (shard_number(p), p.name))
+
+
+def shard_name(index: int, part_label: str = "") -> str:
+    return f"shard-{part_label + '-' if part_label else ''}{index:05d}.h5"
+
+
 class ShardWriter:
     def __init__(self, out_dir: Path, attrs: dict[str, Any], *, shard_size: int, dtype: str,
-                 save_frames: bool, save_tokens: bool, first_index: int = 0) -> None:
+                 save_frames: bool, save_tokens: bool, first_index: int = 0, part_label: str = "") -> None:
         self.out_dir = out_dir
+        self.part_label = part_label
         self.attrs = attrs
         self.shard_size = shard_size
         self.dtype = np.dtype(dtype)
@@ -106,7 +123,7 @@ class ShardWriter:
             self.flush()
 
     def flush(self) -> Path:
-        final = self.out_dir / f"shard-{self.next_index:05d}.h5"
+        final = self.out_dir / shard_name(self.next_index, self.part_label)
         tmp = final.with_name(final.name + TMP_SUFFIX)
         try:
             write_shard(tmp, self.pending, self.attrs, self.dtype, self.save_frames, self.save_tokens)

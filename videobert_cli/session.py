@@ -1,0 +1,205 @@
+"""One `extract` invocation: output folder, models and (under torchrun) the ranks, then the run.
+
+The steps, in order: discover the inputs (rank 0 only, under torchrun), lock the output
+folder (or this part of it), load every model, take this process's part of the list, run
+the pipeline, and summarise. torchrun ranks stay in step: each collective below is reached
+by every rank, and an error on any rank ends them all with that rank's message.
+
+Heavy imports (torch, h5py, the pipeline) happen inside run_session so `--help` stays quick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ExtractConfig
+from .distribute import Part
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_LOCKED = 0, 1, 2, 3, 75
+
+# Settings that change only how fast a run goes, not what it writes; all others must match
+# the shards already in an output folder for a run to add to it.
+EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "workers", "threads",
+                  "precision", "compile"}
+
+
+class SessionError(RuntimeError):
+    """The run ends before (or instead of) extracting: a message and an exit code."""
+
+    def __init__(self, message: str, code: int, *, usage: bool = False, echo_json: bool = True) -> None:
+        super().__init__(message)
+        self.code, self.usage, self.echo_json = code, usage, echo_json
+
+
+@dataclass(frozen=True)
+class ExtractRequest:
+    inputs: tuple[str, ...]
+    out_dir: Path
+    transcripts_dir: Path | None
+    config: ExtractConfig
+    part: Part
+    models_dir: Path | None
+    overwrite: bool
+    wait: bool
+    retry_failed: bool
+    fail_fast: bool
+    decode_timeout: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    summary: dict[str, Any]
+    exit_code: int
+    echo_json: bool  # False on torchrun ranks other than 0: rank 0 prints the combined summary
+
+
+def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None = None,
+                on_start: Callable[[int, bool], None] | None = None,
+                install_stop: Callable[[Any], dict] | None = None) -> Outcome:
+    """Run one extract. on_start(videos, is_leader) comes before the first video, on_video(clips) after
+    each; install_stop(stop_request) installs signal handlers and returns the previous ones."""
+    import torch
+
+    from .discover import discover
+    from .distribute import Group, SplitError, combine_summaries, device_for, file_size, take_part
+    from .models import ModelError
+    from .outdir import LockHeld, OutputDir
+    from .pipeline import Extractor, OutputWriteError, RunOptions, plan_cpu_split, resolve_device, run_extract
+    from .workers import DecodePool
+
+    part = request.part
+    try:
+        config = dataclasses.replace(request.config,
+                                     device=device_for(request.config.device, part, torch.cuda.is_available()))
+        device = resolve_device(config.device)
+    except (SplitError, ModelError) as exc:
+        raise SessionError(str(exc), EXIT_USAGE) from None
+    group = Group.start(part, cuda=device.type == "cuda")
+
+    def agree(error: tuple[str, int] | None, cleanup: Callable[[], Any] = lambda: None) -> None:
+        """Go on only if no rank failed; otherwise every rank ends with the first failed rank's error."""
+        errors = [e for e in group.gather(error) if e is not None]
+        if errors:
+            cleanup()
+            group.close()
+            message, code = errors[0]
+            if len(errors) > 1:
+                message += f" (and {len(errors) - 1} more rank(s))"
+            raise SessionError(message, code, echo_json=group.leader)
+
+    found: tuple | str | None = None
+    if group.leader:  # torchrun ranks all take rank 0's list and sizes, so they split the same list
+        try:
+            videos, problems = discover(request.inputs, request.transcripts_dir, stdin=sys.stdin)
+            found = (videos, problems, [file_size(v.path) for v in videos])
+        except ValueError as exc:
+            found = str(exc)
+    found = group.broadcast(found)
+    if isinstance(found, str):
+        group.close()
+        raise SessionError(found, EXIT_USAGE, usage=True, echo_json=group.leader)
+    videos, problems, sizes = found
+    if not videos and not problems:
+        group.close()
+        raise SessionError(f"no videos found in {', '.join(request.inputs)}", EXIT_USAGE, echo_json=group.leader)
+
+    out = OutputDir(request.out_dir, part)
+    error = None
+    try:
+        out.lock(request.wait)
+    except LockHeld as exc:
+        error = (str(exc), EXIT_LOCKED)
+    except OSError as exc:
+        error = (f"cannot use output folder {request.out_dir} ({exc.strerror or exc})", EXIT_OUTPUT)
+    agree(error, out.unlock)
+
+    first_shard = None
+    if group.leader:
+        if request.overwrite:
+            out.clear()
+        first_shard = out.next_shard_index()
+    first_shard = group.broadcast(first_shard)  # also holds the other ranks until rank 0 has cleared
+    pool = DecodePool(plan_cpu_split(config, device)[0], request.decode_timeout)  # starts while models load
+    error, extractor = None, None
+    try:
+        out.remove_temporary()
+        extractor = Extractor(config, request.models_dir)  # every model resolves before any video is decoded
+        check_same_setup(out, extractor)
+    except ModelError as exc:
+        error = (str(exc), EXIT_USAGE)
+    agree(error, lambda: (pool.close(), out.unlock()))
+    assert extractor is not None
+    if extractor.image.record.sha256 == "random" and group.leader:
+        import logging
+
+        logging.getLogger(__name__).warning("video weights are RANDOM (untrained); recorded in the shards")
+
+    mine = take_part(videos, sizes, part)
+    mine_problems = problems if part.index == 0 else []  # recorded once, by part 0
+    if on_start:
+        on_start(len(mine) + len(mine_problems), group.leader)
+    options = RunOptions(retry_failed=request.retry_failed, fail_fast=request.fail_fast,
+                         decode_timeout=request.decode_timeout, first_shard=first_shard)
+    previous = install_stop(options.stop) if install_stop else {}
+    try:
+        summary = run_extract(mine, mine_problems, out, extractor, options, on_video=on_video, pool=pool).to_dict()
+        if summary["interrupted"]:
+            summary["exit_code"] = 128 + int(options.stop.signal or signal.SIGINT)
+        elif summary["videos_failed"] or summary["videos_failed_before"]:
+            summary["exit_code"] = EXIT_FAILED
+        else:
+            summary["exit_code"] = EXIT_OK
+    except OutputWriteError as exc:
+        if not part.torchrun:
+            raise SessionError(str(exc), EXIT_OUTPUT) from None
+        import logging
+
+        logging.getLogger(__name__).error("%s", exc)
+        summary = {"error": str(exc), "exit_code": EXIT_OUTPUT}
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        out.unlock()
+    if part.split:
+        summary["part"] = {"index": part.index, "count": part.count, "source": part.source}
+    if not part.torchrun:
+        return Outcome(summary, summary["exit_code"], echo_json=True)
+    try:
+        summaries = group.gather(summary)
+    except RuntimeError as exc:  # a rank died; what this one wrote is complete
+        raise SessionError(f"lost contact with the other ranks ({' '.join(str(exc).split())}); this rank's videos "
+                           "are written, rerun the same command to finish", EXIT_FAILED, echo_json=False) from None
+    group.close()
+    combined = combine_summaries(summaries)
+    combined["exit_code"] = combined_exit([s["exit_code"] for s in summaries])
+    return Outcome(combined, combined["exit_code"], echo_json=group.leader)
+
+
+def combined_exit(codes: list[int]) -> int:
+    """The exit code of a torchrun run: the gravest of its ranks' codes."""
+    for code in (EXIT_OUTPUT, 128 + signal.SIGTERM, 128 + signal.SIGINT, EXIT_FAILED):
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def check_same_setup(out: Any, extractor: Any) -> None:
+    """Refuse to add rows made with other settings or models to an output folder."""
+    from .models import ModelError
+
+    existing = out.existing_attrs()
+    if existing is None:
+        return
+    old, new = existing.get("config", {}), extractor.config.to_dict()
+    changed = sorted(k for k in set(old) | set(new) if k not in EXECUTION_KEYS and old.get(k) != new.get(k))
+    old_models = {m["role"]: m["sha256"] for m in existing.get("models", [])}
+    new_models = {m.role: m.sha256 for m in extractor.models}
+    changed += [f"{role} model" for role in new_models if old_models.get(role) != new_models[role]]
+    if changed:
+        raise ModelError(f"{out.path} holds shards made with other settings ({', '.join(changed)}); "
+                         "use the same settings to add to it, --overwrite to start afresh, or another -o")
