@@ -52,7 +52,7 @@ class Part:
         return f"r{self.index:03d}"
 
     def describe(self) -> str:
-        return f"part {self.index} of {self.count} ({self.source})" if self.split else "one part"
+        return f"part {self.index} of {self.count} from {self.source}" if self.split else "one part"
 
 
 SINGLE = Part(0, 1, "single")

@@ -86,7 +86,7 @@ class OutputDir:
                                    f"{self.part.count}: wait for it to finish, or split the same way")
             self._flock(f".videobert.{self.part.label}.lock", fcntl.LOCK_EX, wait,
                         f"another run of part {self.part.index}")
-            self._stamp(self._lock_fds[-1], f" ({self.part.describe()})")
+            self._stamp(self._lock_fds[-1], f", {self.part.describe()}")
         except BaseException:
             self.unlock()
             raise
@@ -99,7 +99,12 @@ class OutputDir:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                holder = lock_path.read_text(errors="replace").strip() or "unknown"
+                holder = lock_path.read_text(errors="replace").strip()
+                if name == LOCK_NAME and mode == fcntl.LOCK_EX:  # held shared: by the parts of a split run
+                    parts = [p.read_text(errors="replace").strip() for p in sorted(self.path.glob(".videobert.r*.lock"))
+                             if _held(p)]
+                    holder = "; ".join(parts) or holder
+                holder = holder or "unknown"
                 raise LockHeld(f"{self.path} is in use by {holder_kind} ({holder}); "
                                "wait for it, or pass --wait to queue behind it") from None
             raise

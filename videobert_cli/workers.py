@@ -159,7 +159,22 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
 STARTUP_LIMIT = 300.0  # seconds a fresh worker may take to import its libraries
 
 
+def _die_with_parent() -> None:
+    """A worker whose main process is killed (kill -9, OOM) goes too, instead of decoding for nobody
+    and holding the run's pipes open (Linux; elsewhere the worker ends at its next queue read error)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main(tasks: Any, results: Any) -> None:
+    _die_with_parent()
     import torch
 
     from . import encoders, planning, transcripts  # noqa: F401  (imported before saying ready)
