@@ -79,6 +79,8 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
         device = resolve_device(config.device)
     except (SplitError, ModelError) as exc:
         raise SessionError(str(exc), EXIT_USAGE) from None
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # this rank's GPU is the current one, for nccl and for allocations
     group = Group.start(part, cuda=device.type == "cuda")
 
     def agree(error: tuple[str, int] | None, cleanup: Callable[[], Any] = lambda: None) -> None:
