@@ -101,6 +101,19 @@ def test_every_word_gets_its_own_contextual_tokens(text_encoder: TextEncoder) ->
         torch.testing.assert_close(one_by_one[key].features, value.features, rtol=1e-4, atol=1e-5)
 
 
+def test_videos_encoded_together_keep_their_own_context(text_encoder: TextEncoder) -> None:
+    first = [["the", "red", "squares"], ["moves"]]
+    second = [["hello"], ["a", "blue", "circle"]]
+    together = text_encoder.encode_transcripts([first, [], second])
+    assert together[1] == {}
+    for cues, joint in ((first, together[0]), (second, together[2])):
+        alone = text_encoder.encode_cues(cues)  # no words borrowed from the other video
+        assert set(joint) == set(alone)
+        for key, value in alone.items():
+            torch.testing.assert_close(joint[key].features, value.features, rtol=1e-4, atol=1e-5)
+            assert joint[key].ids.tolist() == value.ids.tolist()
+
+
 def test_text_model_folder_problems_are_named(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="text model folder not found"):
         TextEncoder(str(tmp_path / "nope"), torch.device("cpu"))

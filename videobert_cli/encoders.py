@@ -179,20 +179,25 @@ class TextEncoder:
                 units.append((ci, first, before + own + after, len(before), len(own)))
         return units
 
-    @torch.inference_mode()
     def encode_cues(self, cues: list[list[str]]) -> dict[tuple[int, int], WordTokens]:
         """Token features for every word, keyed by (cue index, word position)."""
-        result: dict[tuple[int, int], WordTokens] = {}
-        units = self._units(cues)
+        return self.encode_transcripts([cues])[0]
+
+    @torch.inference_mode()
+    def encode_transcripts(self, transcripts: list[list[list[str]]]) -> list[dict[tuple[int, int], WordTokens]]:
+        """encode_cues for several videos' cues at once: full batches across videos (each input keeps the
+        context of its own video's neighbouring cues)."""
+        results: list[dict[tuple[int, int], WordTokens]] = [{} for _ in transcripts]
+        units = [(video, *unit) for video, cues in enumerate(transcripts) for unit in self._units(cues)]
         for start in range(0, len(units), self.batch_size):
             batch = units[start : start + self.batch_size]
-            enc = self.tokenizer([u[2] for u in batch], is_split_into_words=True, padding=True, truncation=True,
+            enc = self.tokenizer([u[3] for u in batch], is_split_into_words=True, padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 hidden = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state
             hidden = hidden.float().cpu()
-            for row, (ci, first, _, offset, count) in enumerate(batch):
+            for row, (video, ci, first, _, offset, count) in enumerate(batch):
                 word_ids = enc.word_ids(row)
                 positions: dict[int, list[int]] = {}
                 for tok, wid in enumerate(word_ids):
@@ -203,5 +208,6 @@ class TextEncoder:
                     if not toks:
                         self.skipped_words += 1  # truncated away, or a word the tokenizer drops entirely
                         continue
-                    result[(ci, first + j)] = WordTokens(hidden[row, toks].clone(), enc["input_ids"][row, toks].clone())
-        return result
+                    results[video][(ci, first + j)] = WordTokens(hidden[row, toks].clone(),
+                                                                 enc["input_ids"][row, toks].clone())
+        return results

@@ -140,16 +140,21 @@ class Extractor:
             clips_per_chunk=max(1, cfg.batch_size // cfg.frames_per_clip),
         )
 
-    def finish(self, video: "VideoInProgress") -> VideoResult:
-        """Text, fusion and assembly for a video whose frames are all encoded."""
+    def finish(self, videos: list["VideoInProgress"]) -> list[VideoResult | VideoFailure]:
+        """Text, fusion and assembly for videos whose frames are all encoded; the text encoder's batches
+        span these videos, so many short videos still fill them."""
+        cues = [[c.words for c in v.header.transcript.cues] if v.header.plan.words else [] for v in videos]
+        try:
+            tokens = self.text.encode_transcripts(cues)
+        except (RuntimeError, ValueError) as exc:
+            return [VideoFailure(v.item.given, "encode", f"text encoder: {exc}", type(exc).__name__) for v in videos]
+        return [self._finish_one(video, word_tokens) for video, word_tokens in zip(videos, tokens)]
+
+    def _finish_one(self, video: "VideoInProgress", word_tokens: dict[tuple[int, int], WordTokens]) -> VideoResult:
         item, header = video.item, video.header
         plan, info, transcript = header.plan, header.info, header.transcript
         frame_features = (torch.cat([f for _, f in sorted(video.features, key=lambda p: p[0])]) if video.features
                           else torch.zeros(0, self.config.frames_per_clip, self.image.feature_dim))
-        try:
-            word_tokens = self.text.encode_cues([c.words for c in transcript.cues]) if plan.words else {}
-        except (RuntimeError, ValueError) as exc:
-            raise VideoFailure(item.given, "encode", f"text encoder: {exc}", type(exc).__name__) from None
 
         warnings = list(transcript.warnings) + list(plan.warnings)
         if item.transcript_note:
@@ -416,12 +421,12 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     in_order: deque[VideoInProgress] = deque()  # decoded or decoding, written in input order
 
     def finish_ready() -> None:
+        ready = []
         while in_order and in_order[0].ready:
-            video = in_order.popleft()
-            try:
-                result = extractor.finish(video)
-            except VideoFailure as failure:
-                fail(video.item.given, str(video.item.path), failure.stage, failure.error_type, failure.reason,
+            ready.append(in_order.popleft())
+        for video, result in zip(ready, extractor.finish(ready) if ready else []):
+            if isinstance(result, VideoFailure):
+                fail(video.item.given, str(video.item.path), result.stage, result.error_type, result.reason,
                      _stat(video.item.path))
                 continue
             for warning in result.video.warnings:
