@@ -192,6 +192,8 @@ def measure(args: argparse.Namespace) -> dict:
     # (e) the full extract, in its own process; (f) its peak RSS, and on the long video
     e2e = run_extract([str(p) for p in short], sets, args)
     long_run = run_extract([str(long)], sets, args)
+    # (g) optionally, the same extract split between torchrun ranks on this machine
+    ranks = run_extract([str(p) for p in short], sets, args, nproc=args.ranks) if args.ranks > 1 else None
 
     per_clip = {"decode": decode_s / clips, "image": frames_per_clip / image_fps, "text": 1 / text_cps,
                 "fuse_write": 1 / fuse_cps}
@@ -214,12 +216,16 @@ def measure(args: argparse.Namespace) -> dict:
         "f_peak_rss_mb_long_video": long_run["peak_rss_mb"],
         "rss_long_over_corpus": round(long_run["peak_rss_mb"] / e2e["peak_rss_mb"], 3),
         "long_video_clips": long_run["clips"],
+        **({"g_ranks": args.ranks, "g_torchrun_clips_per_s": ranks["clips_per_second"],
+            "g_rank_clips_per_s": [r["clips_per_second"] for r in ranks["ranks"]]} if ranks else {}),
     }
 
 
-def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace) -> dict:
+def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace, nproc: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "videobert_cli", "extract", *inputs, "-o", out, "--quiet"]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        command = [*(launcher if nproc > 1 else [sys.executable]), "-m", "videobert_cli", "extract", *inputs,
+                   "-o", out, "--quiet"]
         for item in sets:
             command += ["--set", item]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -241,6 +247,7 @@ def main() -> None:
     parser.add_argument("--max-image-batches", type=int, default=8, help="cap on batches timed in (b)")
     parser.add_argument("--corpus", type=Path, default=Path(".bench"), help="where the corpus is made or reused")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--ranks", type=int, default=1, help="also run (e) as N torchrun ranks: (g)")
     args = parser.parse_args()
     if args.quick:
         args.corpus = args.corpus / "quick"
@@ -253,6 +260,9 @@ def main() -> None:
             ("ideal", f"{result['ideal_clips_per_s']} clips/s"), ("ratio e / ideal", str(result["ratio"])),
             ("(f) peak RSS, corpus / long video", f"{result['f_peak_rss_mb_corpus']} / "
                                                    f"{result['f_peak_rss_mb_long_video']} MB")]
+    if "g_ranks" in result:
+        rows.append((f"(g) {result['g_ranks']} torchrun ranks", f"{result['g_torchrun_clips_per_s']} clips/s "
+                     f"(ranks: {', '.join(map(str, result['g_rank_clips_per_s']))})"))
     print(result["machine"], file=sys.stderr)
     for name, value in rows:
         print(f"  {name:<36} {value}", file=sys.stderr)
