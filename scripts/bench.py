@@ -235,7 +235,9 @@ def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace, np
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"bench: extract failed:\n{stderr}")
         summary = json.loads(stdout.strip().splitlines()[-1])
-    summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # the largest process (the main one)
+    # ru_maxrss of a waited-for tree is the peak of its single largest process, not a sum: the main
+    # process or its decode worker (on CPU the worker was the largest before decord was parked).
+    summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
     return summary
 
 

@@ -14,7 +14,11 @@ held in memory.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,15 +85,43 @@ def _probe_codec(path: Path) -> tuple[str, int]:
         raise DecodeError(f"not a readable video ({type(exc).__name__}: {exc})", stage="probe") from None
 
 
+# decord is parked (see DecordSource) once no frame has been asked of it for this long.
+PARK_AFTER_S = 0.1
+
+
 class DecordSource:
+    """decord, read forward one frame at a time and parked whenever the caller pauses.
+
+    Two faults of decord2 (3.4.0), both measured on this pipeline, decide how it is read:
+    * It runs ahead. While it waits for a frame, its reading thread hands the decoding thread one
+      more packet per poll, so a decoder short of CPU leaves it hundreds to thousands of packets
+      ahead (up to 10,000, or the end of the file). When the call returns, the decoding thread
+      goes on turning each of them into an RGB frame (0.7 MB at 640x360) and holds them until the
+      next seek, for as long as the worker waits to hand its chunk over: the decode worker grew
+      to 6 GB on a 20-minute video (the end of the file caps it near 1 GB on a 1-minute one).
+      A seek empties those queues and stops that thread, so a helper thread "parks" decord with
+      a seek to frame 0 once it has been idle for PARK_AFTER_S, and a read that finds it parked
+      starts again at the keyframe before its first frame (at most one keyframe interval decoded
+      twice, and only after a pause). Reads that follow each other closely keep going forward.
+    * Its skip gives up after 10,000 polls without a frame (a skip of more than a few dozen frames
+      once the decoder has no head start) and the frames after it come back as the asked-for
+      ones, dozens of frames off, with no error. So frames are never skipped with decord: reads
+      seek exactly to keyframes (`get_batch([keyframe])`, which skips nothing) and step with
+      `next`, which waits for every frame (it costs about what `get_batch`'s skipping does).
+    """
+
     def __init__(self, path: Path, threads: int, codec: str, short_side: int | None = None) -> None:
         self._reader = decord.VideoReader(str(path), num_threads=threads)
         n = len(self._reader)
         if n == 0:
             raise DecodeError("video stream has no frames")
+        self._count = n
+        self._keys = sorted({0, *self._reader.get_key_indices()})  # before its first keyframe decord starts at 0
+        self._next = -1  # the frame decord's `next` returns; -1: parked (or unknown), seek first
         # decord gives float32 seconds; round to microseconds so 0.9 is stored as 0.9.
         stamps = np.round(self._reader.get_frame_timestamp(range(n)).astype(np.float64), 6)
-        first = self._reader.get_batch([0]).asnumpy()
+        first = self._read([0])
+        self._park()
         height, width = int(first.shape[1]), int(first.shape[2])
         if short_side and min(height, width) > 2 * short_side:
             self._resize_at_decode(path, threads, width, height, short_side)
@@ -104,6 +136,11 @@ class DecordSource:
             width=width,
             frame_starts=stamps[:, 0],
         )
+        self._lock = threading.Condition()
+        self._park_at: float | None = None  # monotonic time to park at; None: parked, or closed
+        self._closed = False
+        threading.Thread(target=_park_when_idle, args=(weakref.ref(self), self._lock), daemon=True,
+                         name="videobert-decord-park").start()
 
     def _resize_at_decode(self, path: Path, threads: int, width: int, height: int, short_side: int) -> None:
         """Let decord scale large frames (4K) down while converting, instead of copying them whole.
@@ -116,16 +153,93 @@ class DecordSource:
         w, h = max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
         try:
             scaled = decord.VideoReader(str(path), num_threads=threads, width=w, height=h)
-            if scaled.get_batch([0]).asnumpy().shape[1:3] == (h, w):
+            shape = scaled.get_batch([0]).asnumpy().shape[1:3]
+            _seek_start(scaled)
+            if shape == (h, w):
                 self._reader = scaled
         except DECORD_ERRORS as exc:
             log.debug("%s: decode-time resize to %dx%d failed (%s); decoding at full size", path, w, h, exc)
 
     def read(self, indices: list[int]) -> np.ndarray:
-        return self._reader.get_batch(indices).asnumpy()
+        with self._lock:
+            if self._closed:
+                raise DecodeError("video source is closed")
+            try:
+                return self._read(indices)
+            finally:
+                self._park_at = time.monotonic() + PARK_AFTER_S
+                self._lock.notify()
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        """The frames at `indices` (any order, repeats allowed), decoded forward frame by frame."""
+        wanted = sorted(set(int(i) for i in indices))
+        if wanted and (wanted[0] < 0 or wanted[-1] >= self._count):
+            raise IndexError(f"frame index out of range 0..{self._count - 1}")
+        got: dict[int, np.ndarray] = {}
+        try:
+            for index in wanted:
+                key = self._keys[bisect.bisect_right(self._keys, index) - 1]
+                if self._next < 0 or index < self._next or key > self._next:  # parked, backwards, past a keyframe
+                    frame = self._reader.get_batch([key]).asnumpy()[0]  # exact: lands on the keyframe, skips nothing
+                    self._next = key + 1
+                    if index == key:
+                        got[index] = frame
+                        continue
+                while self._next < index:
+                    self._reader.next()
+                    self._next += 1
+                got[index] = self._reader.next().asnumpy()
+                self._next += 1
+        except BaseException:
+            self._next = -1  # position unknown: the next read seeks
+            raise
+        return np.stack([got[int(i)] for i in indices])
+
+    def _park(self) -> None:
+        """Seek to frame 0: decord drops what it decoded ahead and its decoding thread stops."""
+        self._next = -1
+        _seek_start(self._reader)
+
+    def _park_if_idle(self) -> float | None:
+        """With the lock held: park if the last read is PARK_AFTER_S old; else the seconds left (None: nothing to do)."""
+        if self._park_at is None or self._closed:
+            return None
+        left = self._park_at - time.monotonic()
+        if left > 0:
+            return left
+        self._park_at = None
+        self._park()
+        return None
 
     def close(self) -> None:
-        self._reader = None
+        with self._lock:
+            self._closed = True
+            self._park_at = None
+            self._lock.notify()
+            self._reader = None
+
+
+def _park_when_idle(ref: "weakref.ref[DecordSource]", lock: threading.Condition) -> None:
+    """The parking thread of one DecordSource; it ends when the source is closed or collected."""
+    with lock:
+        while True:
+            source = ref()
+            if source is None or source._closed:
+                return
+            try:
+                wait = source._park_if_idle()
+            except Exception as exc:  # noqa: BLE001  (a failed park costs memory, never frames: reads seek)
+                log.debug("decord: parking failed (%s)", exc)
+                wait = None
+            del source
+            lock.wait(timeout=wait if wait is not None else 1.0)  # wakes on every read and on close
+
+
+def _seek_start(reader: "decord.VideoReader") -> None:
+    try:
+        reader.seek(0)
+    except DECORD_ERRORS as exc:  # the next read seeks to its own keyframe anyway
+        log.debug("decord: seek to the start failed (%s)", exc)
 
 
 class PyAVSource:
