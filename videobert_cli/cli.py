@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .config import ConfigError, load_config
 
-from .session import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ExtractRequest, SessionError, run_session  # noqa: F401
+from .session import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ExtractRequest, SessionError, run_session
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -25,10 +25,10 @@ Exit codes:
   2    usage, config or model error: nothing was extracted
   3    the output could not be written (disk full, permissions): completed
        shards are intact, rerun to finish
-  75   another run holds the output folder (use --wait to queue)
+  75   another run holds the output folder, or this part of it
+       (--num-shards, torchrun: see the README; use --wait to queue)
   130  interrupted by SIGINT, 143 by SIGTERM: finished videos were written,
        rerun to finish"""
-
 
 
 def _setup_logging(quiet: bool, tag: str = "") -> logging.Logger:

@@ -11,6 +11,7 @@ Heavy imports (torch, h5py, the pipeline) happen inside run_session so `--help` 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any, Callable
 
 from .config import ExtractConfig
 from .distribute import Part
+
+log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_LOCKED = 0, 1, 2, 3, 75
 
@@ -137,9 +140,7 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     agree(error, lambda: (pool.close(), out.unlock()))
     assert extractor is not None
     if extractor.image.record.sha256 == "random" and group.leader:
-        import logging
-
-        logging.getLogger(__name__).warning("video weights are RANDOM (untrained); recorded in the shards")
+        log.warning("video weights are RANDOM (untrained); recorded in the shards")
 
     mine = take_part(videos, sizes, part)
     mine_problems = problems if part.index == 0 else []  # recorded once, by part 0
@@ -159,9 +160,7 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     except OutputWriteError as exc:
         if not part.torchrun:
             raise SessionError(str(exc), EXIT_OUTPUT) from None
-        import logging
-
-        logging.getLogger(__name__).error("%s", exc)
+        log.error("%s", exc)
         summary = {"error": str(exc), "exit_code": EXIT_OUTPUT}
     finally:
         for signum, handler in previous.items():
