@@ -86,15 +86,16 @@ def corpus(root: Path, quick: bool) -> tuple[list[Path], Path]:
     return short, long
 
 
-def text_model(root: Path) -> Path:
+def text_model(root: Path, quick: bool = False) -> Path:
     """A bert-base-sized encoder (12 layers, 768 wide) with random weights and a real uncased vocab if one is
-    installed (all-MiniLM-L6-v2 ships bert-base-uncased's), else the corpus words."""
+    installed (all-MiniLM-L6-v2 ships bert-base-uncased's), else the corpus words. --quick (a smoke run, not
+    a measurement) builds a 2-layer one instead, to keep CI short."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from videobert_cli.models import OFFLINE_TEXT_MODELS, package_path
 
-    folder = root / "bert-base-random"
+    folder = root / ("bert-2-layer-random" if quick else "bert-base-random")
     if (folder / "config.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,9 @@ def text_model(root: Path) -> Path:
     (folder / "vocab.txt").write_text(vocab)
     BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(str(folder))
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab.splitlines()))).save_pretrained(str(folder))
+    size = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512} if quick \
+        else {}
+    BertModel(BertConfig(vocab_size=len(vocab.splitlines()), **size)).save_pretrained(str(folder))
     return folder
 
 
@@ -122,7 +125,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     root = args.corpus
     short, long = corpus(root, args.quick)
-    bert = text_model(root / "models")
+    bert = text_model(root / "models", args.quick)
     sets = ["video_model=resnet50", "video_weights=random", f"text_model={bert}", f"device={args.device}",
             f"batch_size={args.batch_size}"]
     config = load_config(None, sets)
