@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,22 @@ def test_pyav_reads_out_of_order_and_repeated_indices(tmp_path: Path) -> None:
     write_video(path, fps=10, seconds=2)
     source = PyAVSource(path, 1, "h264", "test")
     assert [read_index(f) for f in source.read([5, 5, 2, 19, 0])] == [5, 5, 2, 19, 0]
+
+
+def test_decord_reads_exact_frames_across_keyframes_pauses_and_backward_jumps(tmp_path: Path) -> None:
+    path = tmp_path / "long.mp4"
+    write_video(path, fps=10, seconds=40, options={"g": "50"})  # a keyframe every 5 s
+    source = open_video(path)
+    assert source.info.decoder == "decord"
+    reads = [[0, 3], [120, 121, 260], [5, 5, 2], [399], [350, 100, 101]]
+    for number, indices in enumerate(reads):
+        assert [read_index(f) for f in source.read(indices)] == indices
+        if number % 2 == 0:
+            time.sleep(0.4)  # idle: the reader is parked (decord stops decoding ahead)
+            assert source._next == -1
+    source.close()
+    with pytest.raises(DecodeError, match="closed"):
+        source.read([0])
 
 
 @pytest.mark.parametrize(
