@@ -126,12 +126,14 @@ def test_parts_lock_their_own_index_and_refuse_overlapping_runs(tmp_path: Path) 
 
 def test_a_part_removes_only_the_leftovers_no_running_part_owns(tmp_path: Path) -> None:
     names = ["shard-00004.h5.tmp", "shard-r000-00001.h5.tmp", "shard-r001-00002.h5.tmp",
-             "shard-r002-00003.h5.tmp", "shard-r005-00001.h5.tmp"]
+             "shard-r002-00003.h5.tmp", "shard-r005-00001.h5.tmp", "shard-r1000-00001.h5.tmp"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     OutputDir(tmp_path, Part(1, 3, "--num-shards")).remove_temporary()
     assert not (tmp_path / "shard-r001-00002.h5.tmp").exists()
-    OutputDir(tmp_path, Part(0, 3, "--num-shards")).remove_temporary()  # also the unsplit and r005 ones
+    OutputDir(tmp_path, Part(0, 1001, "slurm array")).remove_temporary()  # r1000 is running: not its to remove
+    assert (tmp_path / "shard-r1000-00001.h5.tmp").exists()
+    OutputDir(tmp_path, Part(0, 3, "--num-shards")).remove_temporary()  # also the unsplit, r005 and r1000 ones
     assert sorted(p.name for p in tmp_path.glob("*.tmp")) == ["shard-r002-00003.h5.tmp"]
     OutputDir(tmp_path).remove_temporary()
     assert not list(tmp_path.glob("*.tmp"))

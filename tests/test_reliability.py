@@ -287,3 +287,25 @@ def test_a_second_sigint_aborts_at_once_leaving_only_complete_shards(tmp_path: P
     assert not list(out.glob("*.tmp")) and validate(out).ok
     if proc.returncode == 130:
         assert json.loads(stdout.strip().splitlines()[-1])["interrupted"] is True
+
+
+def test_a_text_encoder_error_fails_only_the_video_that_causes_it(tmp_path: Path, tiny_args: list[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from videobert_cli.encoders import TextEncoder
+
+    real = TextEncoder.encode_transcripts
+
+    def fragile(self, transcripts):  # fails on any batch holding the word "left"
+        if any("left" in words for cues in transcripts for words in cues):
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, transcripts)
+
+    monkeypatch.setattr(TextEncoder, "encode_transcripts", fragile)
+    for name, text in (("a", "the red square"), ("b", "moves left"), ("c", "a blue circle")):
+        write_video(tmp_path / "in" / f"{name}.mp4", fps=10, seconds=1.5)
+        (tmp_path / "in" / f"{name}.srt").write_text(f"1\n00:00:00,000 --> 00:00:01,500\n{text}\n")
+    result = run(["extract", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *tiny_args, "--batch-size", "32"])
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 1 and summary["videos_done"] == 2
+    assert [(Path(f["path"]).name, f["stage"]) for f in summary["failures"]] == [("b.mp4", "encode")]
+

@@ -24,7 +24,7 @@ from typing import Any
 import h5py
 
 from .distribute import SINGLE, Part
-from .writer import TMP_SUFFIX, shard_number, sorted_shards
+from .writer import TMP_SUFFIX, shard_number, shard_part_label, sorted_shards
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,10 @@ class OutputDir:
         """Temporary files of interrupted runs that no running part can own: all of them in a run
         in one part; in a split run, each part's own, and part 0 also those of no current part."""
         leftovers = []
-        live = {f"shard-r{i:03d}-" for i in range(self.part.count) if i != self.part.index}
+        running = {f"r{i:03d}" for i in range(self.part.count) if i != self.part.index}
         for path in sorted(self.path.glob("*" + TMP_SUFFIX)):
-            owner = path.name[: len("shard-r000-")]
-            mine = (owner == f"shard-{self.part.label}-" or (self.part.index == 0 and owner not in live))
+            owner = shard_part_label(path)
+            mine = owner == self.part.label or (self.part.index == 0 and owner not in running)
             if not self.part.split or mine:
                 log.warning("removing %s left by an interrupted run", path)
                 path.unlink(missing_ok=True)

@@ -145,10 +145,17 @@ class Extractor:
         span these videos, so many short videos still fill them."""
         cues = [[c.words for c in v.header.transcript.cues] if v.header.plan.words else [] for v in videos]
         try:
-            tokens = self.text.encode_transcripts(cues)
+            tokens: list[Any] = self.text.encode_transcripts(cues)
+        except (RuntimeError, ValueError):  # e.g. out of memory on one long transcript: find which video
+            tokens = [self._text_alone(video, words) for video, words in zip(videos, cues)]
+        return [word_tokens if isinstance(word_tokens, VideoFailure) else self._finish_one(video, word_tokens)
+                for video, word_tokens in zip(videos, tokens)]
+
+    def _text_alone(self, video: "VideoInProgress", cues: list[list[str]]) -> Any:
+        try:
+            return self.text.encode_cues(cues)
         except (RuntimeError, ValueError) as exc:
-            return [VideoFailure(v.item.given, "encode", f"text encoder: {exc}", type(exc).__name__) for v in videos]
-        return [self._finish_one(video, word_tokens) for video, word_tokens in zip(videos, tokens)]
+            return VideoFailure(video.item.given, "encode", f"text encoder: {exc}", type(exc).__name__)
 
     def _finish_one(self, video: "VideoInProgress", word_tokens: dict[tuple[int, int], WordTokens]) -> VideoResult:
         item, header = video.item, video.header

@@ -72,7 +72,7 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     from .distribute import Group, SplitError, combine_summaries, device_for, file_size, take_part
     from .models import ModelError
     from .outdir import LockHeld, OutputDir
-    from .pipeline import Extractor, OutputWriteError, RunOptions, plan_cpu_split, resolve_device, run_extract
+    from .pipeline import Extractor, RunOptions, plan_cpu_split, resolve_device
     from .workers import DecodePool
 
     part = request.part
@@ -150,35 +150,48 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
                          decode_timeout=request.decode_timeout, first_shard=first_shard)
     previous = install_stop(options.stop) if install_stop else {}
     try:
-        summary = run_extract(mine, mine_problems, out, extractor, options, on_video=on_video, pool=pool).to_dict()
-        if summary["interrupted"]:
-            summary["exit_code"] = 128 + int(options.stop.signal or signal.SIGINT)
-        elif summary["videos_failed"] or summary["videos_failed_before"]:
-            summary["exit_code"] = EXIT_FAILED
-        else:
-            summary["exit_code"] = EXIT_OK
-    except OutputWriteError as exc:
+        summary = _run(mine, mine_problems, out, extractor, options, on_video, pool, part)
+        if part.split:
+            summary["part"] = {"index": part.index, "count": part.count, "source": part.source}
         if not part.torchrun:
-            raise SessionError(str(exc), EXIT_OUTPUT) from None
-        log.error("%s", exc)
-        summary = {"error": str(exc), "exit_code": EXIT_OUTPUT}
+            return Outcome(summary, summary["exit_code"], echo_json=True)
+        try:  # with our handlers still in place: a SIGTERM now must not kill a rank mid-gather
+            summaries = group.gather(summary)
+        except RuntimeError as exc:  # a rank died; what this one wrote is complete
+            raise SessionError(f"lost contact with the other ranks ({' '.join(str(exc).split())}); this rank's "
+                               "videos are written, rerun the same command to finish", EXIT_FAILED,
+                               echo_json=False) from None
+        group.close()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         out.unlock()
-    if part.split:
-        summary["part"] = {"index": part.index, "count": part.count, "source": part.source}
-    if not part.torchrun:
-        return Outcome(summary, summary["exit_code"], echo_json=True)
-    try:
-        summaries = group.gather(summary)
-    except RuntimeError as exc:  # a rank died; what this one wrote is complete
-        raise SessionError(f"lost contact with the other ranks ({' '.join(str(exc).split())}); this rank's videos "
-                           "are written, rerun the same command to finish", EXIT_FAILED, echo_json=False) from None
-    group.close()
     combined = combine_summaries(summaries)
     combined["exit_code"] = combined_exit([s["exit_code"] for s in summaries])
-    return Outcome(combined, combined["exit_code"], echo_json=group.leader)
+    # torchrun stops every rank as soon as one exits non-zero, so only rank 0, which prints the
+    # summary, carries the run's exit code; the others' outcomes are in that summary.
+    return Outcome(combined, combined["exit_code"] if group.leader else EXIT_OK, echo_json=group.leader)
+
+
+def _run(mine: list, problems: list, out: Any, extractor: Any, options: Any, on_video: Any, pool: Any,
+         part: Part) -> dict:
+    """run_extract, and this process's summary with its exit code."""
+    from .pipeline import OutputWriteError, run_extract
+
+    try:
+        summary = run_extract(mine, problems, out, extractor, options, on_video=on_video, pool=pool).to_dict()
+    except OutputWriteError as exc:
+        if not part.torchrun:
+            raise SessionError(str(exc), EXIT_OUTPUT) from None
+        log.error("%s", exc)
+        return {"error": str(exc), "exit_code": EXIT_OUTPUT}
+    if summary["interrupted"]:
+        summary["exit_code"] = 128 + int(options.stop.signal or signal.SIGINT)
+    elif summary["videos_failed"] or summary["videos_failed_before"]:
+        summary["exit_code"] = EXIT_FAILED
+    else:
+        summary["exit_code"] = EXIT_OK
+    return summary
 
 
 def combined_exit(codes: list[int]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,18 @@ _VIDEO_COLUMNS = {  # name -> HDF5 dtype
 }
 
 
+_SHARD_NAME = re.compile(r"shard-(?:(r\d+)-)?(\d+)\.h5")
+
+
 def shard_number(path: Path) -> int:
     return int(path.name.split("-")[-1].split(".")[0])
+
+
+def shard_part_label(path: Path) -> str | None:
+    """"rIII" for a shard (or its temporary file) written by a part of a split run, "" for a run in one
+    part, None for a name that is not a shard's."""
+    match = _SHARD_NAME.match(path.name)
+    return None if match is None else (match.group(1) or "")
 
 
 def sorted_shards(folder: Path) -> list[Path]:
