@@ -69,7 +69,7 @@ def test_bad_split_settings_are_refused_with_the_reason(options, env, message) -
 
 
 def test_torchrun_ranks_take_the_gpu_of_their_local_rank() -> None:
-    rank = Part(3, 4, "torchrun", local_rank=1, local_count=2)
+    rank = Part(3, 4, "torchrun", local_rank=1)
     assert device_for("auto", rank, cuda_available=True) == "cuda:1"
     assert device_for("cuda", rank, cuda_available=True) == "cuda:1"
     assert device_for("auto", rank, cuda_available=False) == "auto"

@@ -36,8 +36,7 @@ class Part:
     index: int
     count: int
     source: str  # "single", "torchrun", "--num-shards", "slurm array"
-    local_rank: int = 0
-    local_count: int = 1  # processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE)
+    local_rank: int = 0  # torchrun's LOCAL_RANK: the GPU this rank uses
 
     @property
     def split(self) -> bool:
@@ -78,8 +77,7 @@ def resolve_part(num_shards: int | None, shard_index: int | None, environ: Mappi
             raise SplitError("--num-shards/--shard-index cannot be combined with torchrun (WORLD_SIZE="
                              f"{world}): torchrun already splits the work between its ranks")
         rank = _int(environ, "RANK") or 0
-        return Part(rank, world, "torchrun", _int(environ, "LOCAL_RANK") or 0,
-                    _int(environ, "LOCAL_WORLD_SIZE") or 1)
+        return Part(rank, world, "torchrun", _int(environ, "LOCAL_RANK") or 0)
     if num_shards is not None:
         return _checked(shard_index, num_shards, "--num-shards")
     task, count = _int(environ, "SLURM_ARRAY_TASK_ID"), _int(environ, "SLURM_ARRAY_TASK_COUNT")
