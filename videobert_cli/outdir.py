@@ -69,6 +69,11 @@ class OutputDir:
         self.part = part
         self._lock_fds: list[int] = []
 
+    @property
+    def part_label(self) -> str:
+        """What this part's file names carry ("rIII"); "" for a run in one part."""
+        return self.part.label if self.part.split else ""
+
     # -- lock -------------------------------------------------------------------------------
     def lock(self, wait: bool = False) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -170,7 +175,7 @@ class OutputDir:
     @property
     def failure_log(self) -> Path:
         """Where this run (or this part) appends its failures."""
-        return self.path / (f"failures-{self.part.label}.jsonl" if self.part.split else FAILURE_LOG)
+        return self.path / (f"failures-{self.part_label}.jsonl" if self.part_label else FAILURE_LOG)
 
     def failure_records(self) -> list[dict[str, Any]]:
         """Every record of every part's failure log, oldest first; raises ValueError naming a bad line."""
@@ -179,11 +184,12 @@ class OutputDir:
             records += _read_failure_log(log_path)
         return sorted(records, key=lambda r: str(r.get("time", "")))  # stable: a log's own order on ties
 
-    def failed_videos(self, done: dict[str, DoneVideo] | None = None) -> dict[str, dict[str, Any]]:
+    def failed_videos(self, done: dict[str, DoneVideo] | None = None,
+                      records: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
         """Last failure per absolute path, for paths not extracted since."""
         done = self.done_videos() if done is None else done
         last: dict[str, dict[str, Any]] = {}
-        for record in self.failure_records():
+        for record in self.failure_records() if records is None else records:
             last[record["abspath"]] = record
         return {path: rec for path, rec in last.items() if path not in done}
 

@@ -396,9 +396,10 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     summary = RunSummary(videos_total=len(inputs) + len(problems))
     summary.video_weights_random = extractor.image.record.sha256 == "random"
     done = out.done_videos()
-    failed_before = out.failed_videos(done)
+    records = out.failure_records()  # every part's log, read once
+    failed_before = out.failed_videos(done, records)
     attempts: dict[str, int] = {}
-    for record in out.failure_records():
+    for record in records:
         attempts[record["abspath"]] = attempts.get(record["abspath"], 0) + 1
 
     def fail(given: str, abspath: str, stage: str, error_type: str, reason: str, stat: os.stat_result | None) -> None:
@@ -422,7 +423,7 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
                                           dtype=cfg.dtype, save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
                                           first_index=(out.next_shard_index() if options.first_shard is None
                                                        else options.first_shard),
-                                          part_label=out.part.label if out.part.split else ""))
+                                          part_label=out.part_label))
     pool = pool or DecodePool(extractor.workers, options.decode_timeout)
     batcher = FrameBatcher(extractor)
     in_order: deque[VideoInProgress] = deque()  # decoded or decoding, written in input order
@@ -445,14 +446,23 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
             if on_video:
                 on_video(result.num_clips)
 
+    def fail_batch(failed: BatchFailed) -> None:
+        for video in failed.videos:
+            in_order.remove(video)
+            fail(video.item.given, str(video.item.path), "encode", "RuntimeError", failed.reason,
+                 _stat(video.item.path))
+
+    def forget(video: VideoInProgress | None) -> None:
+        """Drop a video that will not be written from the batcher and the write order."""
+        if video is not None:
+            batcher.drop(video)
+            in_order.remove(video)
+
     def encode_waiting() -> None:
         try:
             batcher.encode()
         except BatchFailed as failed:
-            for video in failed.videos:
-                in_order.remove(video)
-                fail(video.item.given, str(video.item.path), "encode", "RuntimeError", failed.reason,
-                     _stat(video.item.path))
+            fail_batch(failed)
 
     try:
         for item, messages in pool.run(todo, extractor.task_for):
@@ -474,22 +484,15 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
                     raise VideoFailure(item.given, "decode", "the decoder returned nothing", "DecoderError")
                 video.decoded = True
             except VideoFailure as failure:
-                if video is not None:
-                    batcher.drop(video)
-                    in_order.remove(video)
+                forget(video)
                 fail(item.given, str(item.path), failure.stage, failure.error_type, failure.reason,
                      _stat(item.path))
                 continue
             except BatchFailed as failed:
-                for bad in failed.videos:
-                    in_order.remove(bad)
-                    fail(bad.item.given, str(bad.item.path), "encode", "RuntimeError", failed.reason,
-                         _stat(bad.item.path))
+                fail_batch(failed)
                 continue
             except Abandoned:
-                if video is not None:
-                    batcher.drop(video)
-                    in_order.remove(video)
+                forget(video)
                 log.warning("%s: interrupted; it will be extracted by the next run", item.given)
                 break
             finish_ready()

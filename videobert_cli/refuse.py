@@ -28,7 +28,8 @@ from .fusion import FusionConfig, build_fusion, read_checkpoint
 from .models import ModelError
 from .reader import read_attrs
 from .training import TrainingError, check_checkpoint_features, open_corpus, resolve_device
-from .writer import SHARD_GLOB, TMP_SUFFIX, ShardWriter, VideoRecord, VideoResult, shard_part_label
+from .writer import (SHARD_GLOB, TMP_SUFFIX, ShardWriter, VideoRecord, VideoResult, shard_number,
+                     shard_part_label)
 
 
 def prepare_output(out_dir: Path, features_dir: Path, overwrite: bool) -> None:
@@ -139,10 +140,9 @@ def refuse_features(features_dir: str | Path, checkpoint: str | Path, out_dir: s
         attrs, clips, videos = _read_shard(shard)
         fused = fuse_clips(module, clips["frame_features"], clips["token_features"], clips["token_start"],
                            clips["token_count"], torch_device, batch_size)
-        number = int(shard.name.split("-")[-1].split(".")[0])
         writer = ShardWriter(out_dir, _new_attrs(attrs, record, module.config, checkpoint),
                              shard_size=len(fused) + 1, dtype=str(attrs.get("feature_dtype", "float32")),
-                             save_frames=True, save_tokens=True, first_index=number,
+                             save_frames=True, save_tokens=True, first_index=shard_number(shard),
                              part_label=shard_part_label(shard) or "")  # parts' shards share numbers
         for result in _results(clips, videos, fused):
             writer.add(result)
