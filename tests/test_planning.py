@@ -244,7 +244,7 @@ def test_untimed_transcript_spread_before_planning():
     t = Transcript("t.txt", "txt", False, (Cue(0.0, 0.0, "one two"), Cue(0.0, 0.0, "three four five six")))
     plan = plan_clips(3.0, FPS10[:30], t)
     # Six words over 3 s: 0.5 s each, centred at 0.25, 0.75, ..., 2.75.
-    assert [(c.start, c.end) for c in plan.transcript.cues] == pytest.approx([(0.0, 1.0), (1.0, 3.0)])
+    assert [t for c in plan.transcript.cues for t in (c.start, c.end)] == pytest.approx([0.0, 1.0, 1.0, 3.0])
     assert [w.time for w in plan.words] == pytest.approx([0.25, 0.75, 1.25, 1.75, 2.25, 2.75])
     assert clip_texts(plan) == ["one two three", "four five six"]
 
@@ -252,7 +252,7 @@ def test_untimed_transcript_spread_before_planning():
 def test_untimed_transcript_in_cue_mode_gets_spread_windows():
     t = Transcript("t.txt", "txt", False, (Cue(0.0, 0.0, "a b"), Cue(0.0, 0.0, "c d e f")))
     plan = plan_clips(6.0, FPS10[:60], t, mode="cue")
-    assert [(c.start, c.end) for c in plan.clips] == pytest.approx([(0.0, 2.0), (2.0, 6.0)])
+    assert [t for c in plan.clips for t in (c.start, c.end)] == pytest.approx([0.0, 2.0, 2.0, 6.0])
     assert clip_texts(plan) == ["a b", "c d e f"]
 
 

@@ -242,7 +242,9 @@ def locate_text_model(name: str, models_root: Path | None = None, download: bool
             return kept
         looked.append(str(kept))
     try:
-        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HF_PATTERNS))
+        # cache_dir read now: older huggingface_hub releases fix their default when first imported.
+        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HF_PATTERNS,
+                                      cache_dir=constants.HF_HUB_CACHE))
     except Exception:  # not in the cache (the hub raises several types)
         looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
     if name in OFFLINE_TEXT_MODELS:
@@ -256,7 +258,7 @@ def locate_text_model(name: str, models_root: Path | None = None, download: bool
     if not download or offline():
         raise ModelError(message + (" (offline mode: no download tried)" if offline() else ""))
     try:
-        return Path(snapshot_download(name, allow_patterns=HF_PATTERNS))
+        return Path(snapshot_download(name, allow_patterns=HF_PATTERNS, cache_dir=constants.HF_HUB_CACHE))
     except Exception as exc:
         raise ModelError(f"{message} (download failed: {type(exc).__name__})") from None
 
