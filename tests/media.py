@@ -52,19 +52,23 @@ def write_video(
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
     rotation: int = 0,
+    time_base: Fraction = Fraction(1, 1000),
+    metadata: dict[str, str] | None = None,
 ) -> list[float]:
     """Write a video and return the presentation time (s) of each frame.
 
     `frame_times` gives an explicit (possibly irregular) timeline for a
     variable-frame-rate file; otherwise frames come at `fps` for `seconds`.
     `options` replace the encoder's (e.g. B-frames), `container_options` the
-    muxer's (e.g. faststart), `rotation` sets display-matrix rotation metadata.
+    muxer's (e.g. faststart), `rotation` sets display-matrix rotation metadata,
+    `time_base` is the stream's and encoder's (MPEG-2 needs 1/fps), `metadata`
+    the container's tags.
     """
     if frame_times is None:
         frame_times = [i / fps for i in range(int(round(seconds * fps)))]
     path.parent.mkdir(parents=True, exist_ok=True)
-    time_base = Fraction(1, 1000)
     with av.open(str(path), mode="w", options=container_options or {}) as container:
+        container.metadata.update(metadata or {})
         stream = container.add_stream(codec, rate=fps)
         stream.width = width
         stream.height = height
@@ -80,13 +84,13 @@ def write_video(
             stream.set_display_rotation(rotation)
         for index, t in enumerate(frame_times):
             frame = av.VideoFrame.from_ndarray(frame_image(index, width, height), format="rgb24")
-            frame.pts = int(round(t * 1000))
+            frame.pts = int(round(t / time_base))
             frame.time_base = time_base
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return [round(t * 1000) / 1000 for t in frame_times]
+    return [round(float(round(t / time_base) * time_base), 6) for t in frame_times]
 
 
 def write_audio_only(path: Path, seconds: float = 1.0) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import av
+import decord
 import numpy as np
 import pytest
 from media import read_index, write_audio_only, write_video
 
-from videobert_cli.decode import DecodeError, PyAVSource, open_video
+from videobert_cli.decode import DecodeError, _probe, decord_fault, open_pyav, open_video
 from videobert_cli.planning import plan_clips
 from videobert_cli.transcripts import NO_TRANSCRIPT
 
@@ -52,7 +54,7 @@ def test_decord_and_pyav_give_the_same_frames(tmp_path: Path, codec: str, suffix
     write_video(path, codec=codec, fps=10, seconds=2)
     decord_source = open_video(path)
     assert decord_source.info.decoder == "decord"
-    pyav_source = PyAVSource(path, 1, decord_source.info.codec, "test")
+    pyav_source = open_pyav(path)
     np.testing.assert_allclose(decord_source.info.frame_starts, pyav_source.info.frame_starts, atol=1e-3)
     indices = list(range(decord_source.info.frame_count))
     a, b = decord_source.read(indices), pyav_source.read(indices)
@@ -64,25 +66,36 @@ def test_decord_and_pyav_give_the_same_frames(tmp_path: Path, codec: str, suffix
 def test_b_frames_come_back_in_presentation_order(tmp_path: Path) -> None:
     path = tmp_path / "bframes.mp4"
     write_video(path, fps=10, seconds=4, options={"crf": "10", "preset": "medium", "bf": "3", "g": "12"})
-    for source in (open_video(path), PyAVSource(path, 1, "h264", "test")):
+    for source in (open_video(path), open_pyav(path)):
         assert source.info.frame_count == 40
         assert source.info.frame_starts[0] == 0.0
         assert [read_index(f) for f in source.read([0, 3, 13, 25, 39])] == [0, 3, 13, 25, 39]
 
 
 def test_hevc_goes_to_pyav_with_the_reason_recorded(tmp_path: Path) -> None:
+    """A multi-GOP open-GOP HEVC file: decord numbered its keyframes [0, 9, 24, 36, 48] for [0, 12, 24, 36, 48]."""
+    if "libx265" not in av.codecs_available:
+        pytest.skip("PyAV's bundled FFmpeg has no libx265 encoder: cannot write an HEVC test file")
     path = tmp_path / "clip.mp4"
-    write_video(path, codec="libx265", fps=10, seconds=1.5)
+    params = "keyint=12:min-keyint=12:open-gop=1:bframes=3:scenecut=0:log-level=none"
+    write_video(path, codec="libx265", fps=10, seconds=5, options={"x265-params": params, "crf": "10"})
     source = open_video(path)
     assert source.info.decoder == "pyav"
     assert "HEVC" in source.info.decoder_note
-    assert [read_index(f) for f in source.read([0, 5, 14])] == [0, 5, 14]
+    assert source.info.frame_count == 50 and source.info.duration == pytest.approx(5.0)
+    indices = [0, 5, 11, 12, 13, 25, 37, 49]  # around the keyframes at 12, 24, 36, 48
+    assert [read_index(f) for f in source.read(indices)] == indices
+    # The per-file check would have caught it too: decord's keyframes are not HEVC's in presentation order.
+    reader = decord.VideoReader(str(path))
+    probe = _probe(path)
+    assert decord_fault(probe, sorted({0, *reader.get_key_indices()}),
+                        reader.get_frame_timestamp(range(len(reader)))[:, 0].astype(float)).startswith("open-GOP")
 
 
 def test_pyav_reads_out_of_order_and_repeated_indices(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, fps=10, seconds=2)
-    source = PyAVSource(path, 1, "h264", "test")
+    source = open_pyav(path)
     assert [read_index(f) for f in source.read([5, 5, 2, 19, 0])] == [5, 5, 2, 19, 0]
 
 
@@ -146,7 +159,7 @@ def test_rotation_metadata_is_applied_the_same_way_by_both_decoders(tmp_path: Pa
     path = tmp_path / "portrait.mp4"
     write_video(path, fps=10, seconds=1, rotation=90)  # a phone held upright
     decord_source = open_video(path)
-    pyav_source = PyAVSource(path, 1, "h264", "test")
+    pyav_source = open_pyav(path)
     a, b = decord_source.read([3]), pyav_source.read([3])
     assert (decord_source.info.width, decord_source.info.height) == (108, 192)  # portrait, as displayed
     assert a.shape == b.shape == (1, 192, 108, 3)
