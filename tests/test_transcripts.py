@@ -54,6 +54,35 @@ def test_clean_text_keeps_a_lone_less_than_sign():
     assert clean_text("1 < 2") == "1 < 2"
 
 
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("if a<b and c>d then stop", "if a<b and c>d then stop"),
+        ("a<b and c>d", "a<b and c>d"),
+        ("x < y", "x < y"),
+        ("x<y or y>z", "x<y or y>z"),
+        ("<i>hi</i>", "hi"),
+        ("<I>HI</I>", "HI"),
+        ("<v Roger>hello</v>", "hello"),
+        ("<v.loud Roger Bingham>hello</v>", "hello"),
+        ("<c.yellow>x</c>", "x"),
+        ("<c.yellow.bg_blue>x</c>", "x"),
+        ('<font color="red">x</font>', "x"),
+        ("<font color=red face='Arial'>x</font>", "x"),
+        ("<00:01.000>word", "word"),
+        ("<00:00:01.000>one <00:00:01.500>two", "one two"),
+        ("<lang en>hello</lang>", "hello"),
+        ("<ruby>kan<rt>kan</rt></ruby>", "kankan"),
+        ("<span class=\"x\">x</span>", "x"),
+        ("one<br>two<br/>three<br />four", "one two three four"),
+        ("{\\i1}styled{\\i0}", "styled"),
+        ("<b.loud>x</b> <u>y</u> <s>z</s>", "x y z"),
+    ],
+)
+def test_clean_text_strips_only_real_tags(raw, expected):
+    assert clean_text(raw) == expected
+
+
 def test_clean_text_of_only_markup_is_empty():
     assert clean_text("<i></i>{\\an8}") == ""
 
@@ -84,6 +113,14 @@ def test_srt_formatting_tags_removed(tmp_path):
     data = "1\n00:00:01,000 --> 00:00:02,000\n{\\an8}<i>Hello</i> <b>big</b> <font color=\"red\">world</font>\n"
     t = read_transcript(write(tmp_path, "a.srt", data))
     assert [c.text for c in t.cues] == ["Hello big world"]
+
+
+def test_srt_and_vtt_keep_text_that_only_looks_like_a_tag(tmp_path):
+    srt = "1\n00:00:01,000 --> 00:00:02,000\nif a<b and c>d then <i>stop</i>\n"
+    vtt = "WEBVTT\n\n00:01.000 --> 00:02.000\n<v Roger>if a<b and c>d <00:01.500>then <c.yellow>stop</c>\n"
+    for name, body in (("a.srt", srt), ("a.vtt", vtt)):
+        t = read_transcript(write(tmp_path, name, body))
+        assert [c.text for c in t.cues] == ["if a<b and c>d then stop"], name
 
 
 def test_srt_html_entities_decoded(tmp_path):

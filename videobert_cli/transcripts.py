@@ -20,8 +20,26 @@ import pysubs2
 SUBTITLE_FORMATS = {".srt": "srt", ".vtt": "vtt", ".ass": "ass", ".ssa": "ssa", ".sub": "microdvd"}
 TRANSCRIPT_EXTENSIONS = (".srt", ".vtt", ".json", ".txt", ".ass", ".ssa")
 
-# Tags pysubs2 leaves in place: WebVTT voice/class/lang spans, stray HTML, ASS overrides.
-_MARKUP = re.compile(r"</?[a-zA-Z][^<>]*>|\{\\[^{}]*\}")
+# Markup pysubs2 leaves in place, and only that: a pattern such as `<[^>]*>` would eat ordinary text
+# ("if a<b and c>d" -> "if ad"). A tag is removed only when it is one of the SRT/WebVTT/HTML formatting
+# tags below with the shape that tag really has: b/i/u/s/ruby/rt take at most WebVTT classes (`<b.loud>`),
+# c takes classes (`<c.yellow>`), v a speaker (`<v Roger>`), lang a language code, font/span only
+# name=value attributes; plus WebVTT timestamp tags (`<00:01.000>`) and ASS override blocks `{\...}`.
+_CLASSES = r"(?:\.[\w-]+)*"
+_ATTRS = r"""(?:\s+[\w-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s<>"']+))*\s*"""
+_MARKUP = re.compile(
+    "|".join([
+        rf"<(?:b|i|u|s|ruby|rt|c){_CLASSES}\s*>",
+        rf"<v{_CLASSES}(?:\s+[^<>]*)?>",
+        rf"<lang{_CLASSES}\s+[A-Za-z]{{2,8}}(?:-[A-Za-z0-9]{{1,8}})*\s*>",
+        rf"<(?:font|span){_ATTRS}>",
+        r"</(?:b|i|u|s|ruby|rt|c|v|lang|font|span)\s*>",
+        r"<(?:\d+:)?\d{2}:\d{2}\.\d{3}>",  # WebVTT karaoke timestamp
+        r"\{\\[^{}]*\}",  # ASS override block
+    ]),
+    re.IGNORECASE,
+)
+_LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 class TranscriptError(ValueError):
@@ -61,6 +79,7 @@ NO_TRANSCRIPT = Transcript(path=None, format="none", timed=False, cues=())
 def clean_text(text: str) -> str:
     """Plain words of a cue: no markup, entities decoded, whitespace collapsed."""
     text = text.replace("\\N", " ").replace("\\n", " ")
+    text = _LINE_BREAK.sub(" ", text)
     text = _MARKUP.sub("", text)
     text = html.unescape(text)
     return " ".join(text.split())
@@ -109,8 +128,11 @@ def _finish(cues: list[Cue], warnings: list[str]) -> tuple[Cue, ...]:
 
 
 def _parse_subtitles(text: str, fmt: str, path: Path) -> list[Cue]:
+    # pysubs2's own SRT/VTT tag stripping (`<[a-zA-Z][^>]*>`) eats text such as "a<b and c>d": keep the
+    # tags and let clean_text remove the real ones.
+    options = {"keep_html_tags": True} if fmt in ("srt", "vtt") else {}
     try:
-        subs = pysubs2.SSAFile.from_string(text, format_=fmt)
+        subs = pysubs2.SSAFile.from_string(text, format_=fmt, **options)
     except Exception as exc:  # pysubs2 raises several unrelated types on bad input
         raise TranscriptError(f"{path}: cannot parse as {fmt}: {exc}") from None
     return [Cue(e.start / 1000.0, e.end / 1000.0, clean_text(e.text)) for e in subs if not e.is_comment]
