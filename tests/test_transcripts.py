@@ -320,6 +320,36 @@ def test_whisper_json_word_timestamps(tmp_path):
     assert cue.word_times == pytest.approx((0.2, 1.3))
 
 
+def test_whisperx_untimed_words_are_interpolated_not_the_whole_segment(tmp_path):
+    # WhisperX leaves numerals without start/end: only those words lose their own times.
+    doc = {"segments": [{"start": 0.0, "end": 4.0, "text": " In 2024 we met 99",
+                         "words": [{"word": "In", "start": 0.0, "end": 0.4},
+                                   {"word": "2024"},
+                                   {"word": "we", "start": 1.0, "end": 1.4},
+                                   {"word": "met", "start": 2.0, "end": 2.4},
+                                   {"word": "99", "score": 0.5}]},
+                        {"start": 5.0, "end": 6.0, "text": " 1 2",
+                         "words": [{"word": "1"}, {"word": "2"}]},
+                        {"start": 6.0, "end": 7.0, "text": " ok",
+                         "words": [{"word": "ok", "start": 6.2, "end": 6.4}]}]}
+    t = read_transcript(write(tmp_path, "wx.json", json.dumps(doc)))
+    first, second, third = t.cues
+    assert first.text == "In 2024 we met 99"
+    # 2024 sits between the end of "In" and the start of "we"; 99 between "met" and the segment's end.
+    assert first.word_times == pytest.approx((0.2, 0.7, 1.2, 2.2, 3.2))
+    assert second.word_times == pytest.approx((5 + 1 / 3, 5 + 2 / 3))  # no timed word: the segment's span
+    assert third.word_times == pytest.approx((6.3,))
+    assert any("wx.json" in w and "4 Whisper word(s) had no start/end time" in w for w in t.warnings), t.warnings
+
+
+def test_whisper_words_all_timed_give_no_warning(tmp_path):
+    doc = {"segments": [{"start": 0.0, "end": 1.0, "text": " a b",
+                         "words": [{"word": " a", "start": 0.0, "end": 0.2}, {"word": " b", "start": 0.5, "end": 0.7}]}]}
+    t = read_transcript(write(tmp_path, "a.json", json.dumps(doc)))
+    assert t.cues[0].word_times == pytest.approx((0.1, 0.6))
+    assert t.warnings == ()
+
+
 def test_whisper_json_negative_times_clamped_with_warning(tmp_path):
     doc = {"segments": [{"start": -0.5, "end": 1.0, "text": "hi"},
                         {"start": -2.0, "end": -1.0, "text": "gone"}]}

@@ -138,7 +138,54 @@ def _parse_subtitles(text: str, fmt: str, path: Path) -> list[Cue]:
     return [Cue(e.start / 1000.0, e.end / 1000.0, clean_text(e.text)) for e in subs if not e.is_comment]
 
 
-def _parse_json(text: str, path: Path) -> list[Cue]:
+def _number(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _whisper_words(words: list, seg_start: float, seg_end: float) -> tuple[list[str], list[float], int]:
+    """(word texts, word times, how many had no time) of a segment's Whisper `words`.
+
+    A word's time is the centre of its [start, end]. WhisperX leaves some words (numerals such as
+    "2024") without start/end: those alone get times, spread evenly over the gap between the end of the
+    timed word before them and the start of the timed word after them (the segment's start/end at its
+    edges), so one untimed word no longer costs the whole segment its word times."""
+    items: list[tuple[str, float | None, float | None]] = []
+    for w in words:
+        text = clean_text(str(w.get("word", ""))) if isinstance(w, dict) else ""
+        if not text:
+            continue
+        start, end = _number(w.get("start")), _number(w.get("end"))
+        if start is None or end is None:
+            start = end = None
+        items.append((text, start, end))
+    times: list[float | None] = [None if s is None else 0.5 * (s + e) for _, s, e in items]
+    missing = sum(t is None for t in times)
+    i = 0
+    while i < len(items):
+        if times[i] is not None:
+            i += 1
+            continue
+        j = i
+        while j < len(items) and times[j] is None:
+            j += 1
+        lo = items[i - 1][2] if i > 0 else seg_start
+        hi = items[j][1] if j < len(items) else seg_end
+        lo, hi = float(lo), max(float(lo), float(hi))  # type: ignore[arg-type]
+        for k in range(i, j):
+            times[k] = lo + (k - i + 1) / (j - i + 1) * (hi - lo)
+        i = j
+    texts, out = [], []
+    for (text, _, _), t in zip(items, times):
+        for unit in text.split():  # a "word" holding a space: each part at the word's time
+            texts.append(unit)
+            out.append(float(t))  # type: ignore[arg-type]
+    return texts, out, missing
+
+
+def _parse_json(text: str, path: Path, warnings: list[str]) -> list[Cue]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -147,6 +194,7 @@ def _parse_json(text: str, path: Path) -> list[Cue]:
     if not isinstance(segments, list):
         raise TranscriptError(f'{path}: expected {{"segments": [{{"start", "end", "text"}}, ...]}}')
     cues = []
+    untimed = 0
     for i, seg in enumerate(segments):
         try:
             start, end = float(seg["start"]), float(seg["end"])
@@ -157,15 +205,15 @@ def _parse_json(text: str, path: Path) -> list[Cue]:
         words = seg.get("words")
         if isinstance(words, list) and words:
             # Whisper word timestamps: use them instead of interpolating.
-            try:
-                pairs = [(clean_text(str(w["word"])), 0.5 * (float(w["start"]) + float(w["end"]))) for w in words]
-            except (KeyError, TypeError, ValueError):
-                pairs = []
-            pairs = [(w, t) for w, t in pairs if w]
-            if pairs and all(len(w.split()) == 1 for w, _ in pairs):
-                raw_text = " ".join(w for w, _ in pairs)
-                word_times = tuple(t for _, t in pairs)
+            texts, times, missing = _whisper_words(words, start, end)
+            if texts:
+                raw_text = " ".join(texts)
+                word_times = tuple(times)
+                untimed += missing
         cues.append(Cue(start, end, clean_text(raw_text), word_times))
+    if untimed:
+        warnings.append(f"{path.name}: {untimed} Whisper word(s) had no start/end time (WhisperX leaves numerals "
+                        "untimed); each was placed between the timed words around it")
     return cues
 
 
@@ -184,7 +232,7 @@ def read_transcript(path: Path) -> Transcript:
         raise TranscriptError(f"{path}: cannot read transcript ({exc.strerror})") from None
     text = decode_bytes(data, path, warnings)
     if suffix == ".json":
-        cues, fmt, timed = _parse_json(text, path), "json", True
+        cues, fmt, timed = _parse_json(text, path, warnings), "json", True
     elif suffix == ".txt":
         cues, fmt, timed = _parse_plain(text), "txt", False
     elif suffix in SUBTITLE_FORMATS:
