@@ -120,3 +120,19 @@ def test_text_model_folder_problems_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="has no config.json"):
         TextEncoder(str(tmp_path / "empty"), torch.device("cpu"))
+
+
+def test_tiny_tokenizer_knows_every_test_word(tiny_bert: Path) -> None:
+    """Fixture guard: the test vocabulary must reach the tokenizer (transformers 5 ignores `vocab_file=`);
+    if it fell back to an empty vocab every word would be [UNK] and the text tests would prove nothing."""
+    from conftest import VOCAB
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    words = [w for w in VOCAB if not (w.startswith("[") or w.startswith("##"))]
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    assert tokenizer.unk_token_id not in ids
+    assert len(set(ids)) == len(words)
+    assert [tokenizer.convert_ids_to_tokens(i) for i in ids] == words
+    encoded = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    assert encoded == ids  # each test word is one token of its own, not [UNK]
