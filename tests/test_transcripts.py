@@ -350,6 +350,18 @@ def test_whisper_words_all_timed_give_no_warning(tmp_path):
     assert t.warnings == ()
 
 
+def test_whisper_chinese_words_become_timed_characters_without_spaces(tmp_path):
+    doc = {"segments": [{"start": 0.0, "end": 1.0, "text": "我们今天",
+                         "words": [{"word": "我们", "start": 0.0, "end": 0.4},
+                                   {"word": "今天", "start": 0.5, "end": 0.9}]}]}
+    t = read_transcript(write(tmp_path, "zh.json", json.dumps(doc)))
+    (cue,) = t.cues
+    assert cue.text == "我们今天"
+    assert cue.words == ["我", "们", "今", "天"]
+    assert cue.word_times == pytest.approx((0.1, 0.3, 0.6, 0.8))  # each word's span shared by its characters
+    assert t.warnings == ()
+
+
 def test_whisper_json_negative_times_clamped_with_warning(tmp_path):
     doc = {"segments": [{"start": -0.5, "end": 1.0, "text": "hi"},
                         {"start": -2.0, "end": -1.0, "text": "gone"}]}

@@ -5,6 +5,15 @@ Formats: SubRip (.srt), WebVTT (.vtt) and the other formats pysubs2 reads
 What real files contain (BOM, CRLF, tags, NOTE/STYLE blocks, cue settings, cues
 out of order, overlapping, zero-length or empty cues, bytes that are not UTF-8)
 is handled here; anything that changed the text is reported in `warnings`.
+
+Words are what planning times and windows, so they must be real units of text in every script. Most
+scripts put spaces between words; Chinese, Japanese, Thai, Lao, Khmer and Myanmar do not, and a
+whitespace split would make a whole cue one "word" (timed at the cue's centre, all in one clip). Inside
+a whitespace-word that holds such characters, `split_word` makes each of them (with its combining marks)
+a unit, as BERT's pre-tokenizer does for CJK ideographs; kana and Thai runs BERT leaves whole, but a
+character is the only boundary we can know there without a dictionary. English words keep their
+punctuation as before. Each unit remembers whether a space preceded it, so text is joined back
+without inventing spaces between CJK characters.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ from __future__ import annotations
 import html
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pysubs2
@@ -42,22 +53,87 @@ _MARKUP = re.compile(
 _LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
+# Scripts written without spaces between words: CJK ideographs (with extensions and compatibility forms),
+# CJK radicals, Bopomofo, Hiragana, Katakana (with half-width forms), Thai, Lao, Myanmar, Khmer.
+_UNSPACED_RANGES = (
+    (0x0E00, 0x0E7F), (0x0E80, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x19E0, 0x19FF),
+    (0x2E80, 0x2FDF), (0x3005, 0x3007), (0x3021, 0x3029), (0x3031, 0x3035), (0x3038, 0x303C),
+    (0x3040, 0x30FF), (0x3100, 0x312F), (0x31A0, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+    (0xA9E0, 0xA9FF), (0xAA60, 0xAA7F), (0xF900, 0xFAFF), (0xFF66, 0xFF9F), (0x20000, 0x323AF),
+)
+_UNSPACED = re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in _UNSPACED_RANGES) + "]")
+
+
+def is_unspaced(char: str) -> bool:
+    """True for a character of a script written without spaces between words."""
+    return _UNSPACED.match(char) is not None
+
+
+def split_word(word: str) -> list[str]:
+    """Units of one whitespace-delimited word: the word itself, unless it holds unspaced-script characters;
+    then each such character (with its combining marks) and each punctuation mark is a unit of its own,
+    and runs of other characters ("AI", "2024") stay together."""
+    if not _UNSPACED.search(word):
+        return [word]
+    units: list[str] = []
+    run = False  # the last unit is a run of other characters that may grow
+    for char in word:
+        category = unicodedata.category(char)
+        if category[0] == "M" and units:
+            units[-1] += char  # a combining mark (Thai vowels and tone marks) stays with its base
+        elif is_unspaced(char) or category[0] == "P":
+            units.append(char)
+            run = False
+        elif run:
+            units[-1] += char
+        else:
+            units.append(char)
+            run = True
+    return units
+
+
+def segment(text: str) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """(units, whether a space preceded each unit) of a cue's text."""
+    words: list[str] = []
+    spaced: list[bool] = []
+    for word in text.split():
+        units = split_word(word)
+        words.extend(units)
+        spaced.extend([True] + [False] * (len(units) - 1))
+    return tuple(words), tuple(spaced)
+
+
+def join_words(words: list[str] | tuple[str, ...], spaced: list[bool] | tuple[bool, ...]) -> str:
+    """Words back into text: a space only where the text had one."""
+    return "".join((" " if i and gap else "") + w for i, (w, gap) in enumerate(zip(words, spaced)))
+
+
 class TranscriptError(ValueError):
     """A transcript that cannot be read at all."""
 
 
 @dataclass(frozen=True)
 class Cue:
-    """One transcript segment; `word_times` are given only when the file has them."""
+    """One transcript segment; `word_times` (one per word of `words`) are given only when the file has them."""
 
     start: float
     end: float
     text: str
     word_times: tuple[float, ...] | None = None
 
+    @cached_property
+    def _segmented(self) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+        return segment(self.text)
+
     @property
     def words(self) -> list[str]:
-        return self.text.split()
+        """The cue's words: whitespace-delimited, unspaced scripts split into units (see `split_word`)."""
+        return list(self._segmented[0])
+
+    @property
+    def spaced(self) -> tuple[bool, ...]:
+        """Per word: whether a space preceded it in the text."""
+        return self._segmented[1]
 
 
 @dataclass(frozen=True)
@@ -178,11 +254,26 @@ def _whisper_words(words: list, seg_start: float, seg_end: float) -> tuple[list[
             times[k] = lo + (k - i + 1) / (j - i + 1) * (hi - lo)
         i = j
     texts, out = [], []
-    for (text, _, _), t in zip(items, times):
-        for unit in text.split():  # a "word" holding a space: each part at the word's time
+    for (text, start, end), t in zip(items, times):
+        units = segment(text)[0]  # "我们" is two units: spread over the word's own span when it has one
+        for j, unit in enumerate(units):
             texts.append(unit)
-            out.append(float(t))  # type: ignore[arg-type]
+            if start is None or end is None:
+                out.append(float(t))  # type: ignore[arg-type]
+            else:
+                out.append(start + (j + 0.5) / len(units) * (end - start))
     return texts, out, missing
+
+
+def _join_whisper(words: list[str]) -> str:
+    """Whisper words as text: no space between two unspaced-script characters (Chinese words come without
+    spaces), a space everywhere else."""
+    out = ""
+    for word in words:
+        if out and not (is_unspaced(out[-1]) and is_unspaced(word[0])):
+            out += " "
+        out += word
+    return out
 
 
 def _parse_json(text: str, path: Path, warnings: list[str]) -> list[Cue]:
@@ -207,9 +298,13 @@ def _parse_json(text: str, path: Path, warnings: list[str]) -> list[Cue]:
             # Whisper word timestamps: use them instead of interpolating.
             texts, times, missing = _whisper_words(words, start, end)
             if texts:
-                raw_text = " ".join(texts)
-                word_times = tuple(times)
-                untimed += missing
+                raw_text = _join_whisper(texts)
+                if len(segment(clean_text(raw_text))[0]) == len(times):
+                    word_times = tuple(times)
+                    untimed += missing
+                else:  # cannot happen with words split as above; never pair times with the wrong words
+                    warnings.append(f"{path.name}: segment {i}: Whisper words do not match its text; "
+                                    "word times not used")
         cues.append(Cue(start, end, clean_text(raw_text), word_times))
     if untimed:
         warnings.append(f"{path.name}: {untimed} Whisper word(s) had no start/end time (WhisperX leaves numerals "
