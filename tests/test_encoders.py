@@ -76,8 +76,34 @@ def test_short_cues_borrow_context_and_long_ones_are_chunked(text_encoder: TextE
     assert units[2] == (2, 0, ["hello", "a", "blue", "circle"], 1, 3)
     long_cue = [["red"] * 40]
     chunks = text_encoder._units(long_cue)
-    assert [u[1] for u in chunks] == [0, 16, 32]  # max_length 32 -> 16 own words per pass
+    assert [u[1] for u in chunks] == [0, 30]  # max_length 32 = [CLS] + 30 one-piece words + [SEP] per pass
     assert sum(u[4] for u in chunks) == 40
+
+
+def test_long_cues_of_many_piece_words_lose_no_word(text_encoder: TextEncoder) -> None:
+    """Passes are cut by token count, never inside a word: 65 words of 5 pieces each all keep their tokens."""
+    word = "squaressss"  # square ##s ##s ##s ##s
+    vocab = text_encoder.tokenizer.convert_tokens_to_ids
+    pieces = [vocab("square")] + [vocab("##s")] * 4
+    cues = [["hello"], [word] * 65, ["left"]]
+    before = text_encoder.skipped_words
+    tokens = text_encoder.encode_cues(cues)
+    assert text_encoder.skipped_words == before
+    assert set(tokens) == {(0, 0), (2, 0)} | {(1, j) for j in range(65)}
+    for j in range(65):
+        assert tokens[(1, j)].ids.tolist() == pieces, j
+    for _, _, words, offset, count in text_encoder._units(cues):
+        n = len(text_encoder.tokenizer(words, is_split_into_words=True)["input_ids"])
+        assert n <= text_encoder.max_length  # own words + context + [CLS]/[SEP] fit: nothing truncated
+
+
+def test_a_word_longer_than_max_length_is_the_only_loss_and_is_counted(text_encoder: TextEncoder) -> None:
+    huge = "red" + "s" * 40  # red ##s x 40: 41 pieces > max_length 32
+    cues = [["the", "big", huge, "square"], ["moves"]]
+    before = text_encoder.skipped_words
+    tokens = text_encoder.encode_cues(cues)
+    assert text_encoder.skipped_words == before + 1
+    assert set(tokens) == {(0, 0), (0, 1), (0, 3), (1, 0)}  # no partial tokens for the huge word
 
 
 def test_every_word_gets_its_own_contextual_tokens(text_encoder: TextEncoder) -> None:
@@ -120,3 +146,19 @@ def test_text_model_folder_problems_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="has no config.json"):
         TextEncoder(str(tmp_path / "empty"), torch.device("cpu"))
+
+
+def test_tiny_tokenizer_knows_every_test_word(tiny_bert: Path) -> None:
+    """Fixture guard: the test vocabulary must reach the tokenizer (transformers 5 ignores `vocab_file=`);
+    if it fell back to an empty vocab every word would be [UNK] and the text tests would prove nothing."""
+    from conftest import VOCAB
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    words = [w for w in VOCAB if not (w.startswith("[") or w.startswith("##"))]
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    assert tokenizer.unk_token_id not in ids
+    assert len(set(ids)) == len(words)
+    assert [tokenizer.convert_ids_to_tokens(i) for i in ids] == words
+    encoded = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    assert encoded == ids  # each test word is one token of its own, not [UNK]

@@ -273,3 +273,21 @@ def test_cue_mode_without_a_transcript_records_the_video_with_no_clips(corpus: d
     feats = open_features(out)
     assert feats.num_clips == 0 and feats.videos[0]["clip_count"] == 0
     assert any("no clips" in w for w in feats.videos[0]["warnings"])
+
+
+def test_text_that_is_not_fused_is_a_stored_warning(tmp_path: Path, tiny_args: list[str]) -> None:
+    """Every word lost to the text encoder and every token cut by max_text_tokens is said in videos/warnings."""
+    write_video(tmp_path / "long.mp4", fps=10, seconds=2)
+    huge = "red" + "s" * 12  # 13 pieces: more than text_max_length=8 holds
+    (tmp_path / "long.srt").write_text(f"1\n00:00:00,000 --> 00:00:01,500\nthe big {huge} square moves left\n"
+                                       "\n2\n00:00:01,500 --> 00:00:02,000\nhello\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run(["extract", str(tmp_path / "long.mp4"), "-o", str(out), "--set", "text_max_length=8",
+                  "--set", "max_text_tokens=3", "--set", "clip_seconds=1.5", *tiny_args])
+    assert result.exit_code == 0, result.stderr
+    feats = open_features(out)
+    warnings = feats.videos[0]["warnings"]
+    assert any(w.startswith("1 word(s) have no text tokens") and huge in w for w in warnings), warnings
+    # clip 0: the, big, square, moves, left = 5 tokens (the huge word has none) -> 2 cut
+    assert any("1 clip(s) had more than max_text_tokens=3 tokens; 2 token(s)" in w for w in warnings), warnings
+    assert feats.clip(0)["text"] == f"the big {huge} square moves left"  # clips/text keeps every word

@@ -373,3 +373,54 @@ def test_property_cue_mode(data):
         assert clip.text == cue.text
     check_clip_frames(plan, starts, frames_per_clip)
     assert all(n == 1 for n in word_counts(plan).values())
+
+
+# --------------------------------------------------------------------------- scripts without spaces
+
+UNSPACED_CUES = {
+    "english": "we discuss methods of video understanding and multimodal learning today with examples",
+    "chinese": "我们今天讨论视频理解的方法和多模态学习",
+    "japanese": "今日はビデオ理解とマルチモーダル学習について話します",
+    "thai": "วันนี้เราจะพูดคุยเกี่ยวกับการทำความเข้าใจวิดีโอ",
+}
+
+
+@pytest.mark.parametrize("language", sorted(UNSPACED_CUES))
+def test_unspaced_scripts_are_timed_and_windowed_like_english(language):
+    text = UNSPACED_CUES[language]
+    plan = plan_clips(6.0, np.arange(60) / 10.0, timed(Cue(0.0, 6.0, text)), clip_seconds=1.5)
+    texts = clip_texts(plan)
+    assert len(texts) == 4 and all(texts), texts  # the cue's words spread over every clip it covers
+    separator = " " if language == "english" else ""
+    assert separator.join(texts) == text  # no word lost or doubled, no space invented inside CJK/Thai
+    if language != "english":
+        assert not any(" " in t for t in texts)
+    counts = [len(c.words) for c in plan.clips]
+    assert max(counts) - min(counts) <= 1  # even spread, as for English
+
+
+def test_unspaced_units_keep_english_words_and_spaces_around_them():
+    cue = Cue(0.0, 4.0, "In 2024年，我们 use AI模型. ok")
+    assert cue.words == ["In", "2024", "年", "，", "我", "们", "use", "AI", "模", "型", ".", "ok"]
+    plan = plan_clips(4.0, np.arange(40) / 10.0, timed(cue), clip_seconds=4.0)
+    assert clip_texts(plan) == ["In 2024年，我们 use AI模型. ok"]
+
+
+def test_thai_combining_marks_stay_with_their_letter():
+    words = Cue(0.0, 1.0, "พูดคุย").words
+    assert words == ["พู", "ด", "คุ", "ย"]
+
+
+def test_english_words_keep_their_punctuation():
+    assert Cue(0.0, 1.0, "Hello, world! It's 3.5 o'clock (roughly).").words == [
+        "Hello,", "world!", "It's", "3.5", "o'clock", "(roughly)."]
+
+
+def test_unspaced_units_match_the_bert_pre_tokenizer_on_cjk(tiny_bert):
+    """For CJK ideographs our units are BERT's own pre-tokens (its normalizer splits every ideograph)."""
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(str(tiny_bert)).backend_tokenizer
+    text = "我们今天讨论视频理解的方法，和多模态学习。"
+    pieces = [p for p, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))]
+    assert Cue(0.0, 1.0, text).words == pieces

@@ -54,6 +54,35 @@ def test_clean_text_keeps_a_lone_less_than_sign():
     assert clean_text("1 < 2") == "1 < 2"
 
 
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("if a<b and c>d then stop", "if a<b and c>d then stop"),
+        ("a<b and c>d", "a<b and c>d"),
+        ("x < y", "x < y"),
+        ("x<y or y>z", "x<y or y>z"),
+        ("<i>hi</i>", "hi"),
+        ("<I>HI</I>", "HI"),
+        ("<v Roger>hello</v>", "hello"),
+        ("<v.loud Roger Bingham>hello</v>", "hello"),
+        ("<c.yellow>x</c>", "x"),
+        ("<c.yellow.bg_blue>x</c>", "x"),
+        ('<font color="red">x</font>', "x"),
+        ("<font color=red face='Arial'>x</font>", "x"),
+        ("<00:01.000>word", "word"),
+        ("<00:00:01.000>one <00:00:01.500>two", "one two"),
+        ("<lang en>hello</lang>", "hello"),
+        ("<ruby>kan<rt>kan</rt></ruby>", "kankan"),
+        ("<span class=\"x\">x</span>", "x"),
+        ("one<br>two<br/>three<br />four", "one two three four"),
+        ("{\\i1}styled{\\i0}", "styled"),
+        ("<b.loud>x</b> <u>y</u> <s>z</s>", "x y z"),
+    ],
+)
+def test_clean_text_strips_only_real_tags(raw, expected):
+    assert clean_text(raw) == expected
+
+
 def test_clean_text_of_only_markup_is_empty():
     assert clean_text("<i></i>{\\an8}") == ""
 
@@ -84,6 +113,14 @@ def test_srt_formatting_tags_removed(tmp_path):
     data = "1\n00:00:01,000 --> 00:00:02,000\n{\\an8}<i>Hello</i> <b>big</b> <font color=\"red\">world</font>\n"
     t = read_transcript(write(tmp_path, "a.srt", data))
     assert [c.text for c in t.cues] == ["Hello big world"]
+
+
+def test_srt_and_vtt_keep_text_that_only_looks_like_a_tag(tmp_path):
+    srt = "1\n00:00:01,000 --> 00:00:02,000\nif a<b and c>d then <i>stop</i>\n"
+    vtt = "WEBVTT\n\n00:01.000 --> 00:02.000\n<v Roger>if a<b and c>d <00:01.500>then <c.yellow>stop</c>\n"
+    for name, body in (("a.srt", srt), ("a.vtt", vtt)):
+        t = read_transcript(write(tmp_path, name, body))
+        assert [c.text for c in t.cues] == ["if a<b and c>d then stop"], name
 
 
 def test_srt_html_entities_decoded(tmp_path):
@@ -281,6 +318,48 @@ def test_whisper_json_word_timestamps(tmp_path):
     (cue,) = t.cues
     assert cue.text == "Hello world"
     assert cue.word_times == pytest.approx((0.2, 1.3))
+
+
+def test_whisperx_untimed_words_are_interpolated_not_the_whole_segment(tmp_path):
+    # WhisperX leaves numerals without start/end: only those words lose their own times.
+    doc = {"segments": [{"start": 0.0, "end": 4.0, "text": " In 2024 we met 99",
+                         "words": [{"word": "In", "start": 0.0, "end": 0.4},
+                                   {"word": "2024"},
+                                   {"word": "we", "start": 1.0, "end": 1.4},
+                                   {"word": "met", "start": 2.0, "end": 2.4},
+                                   {"word": "99", "score": 0.5}]},
+                        {"start": 5.0, "end": 6.0, "text": " 1 2",
+                         "words": [{"word": "1"}, {"word": "2"}]},
+                        {"start": 6.0, "end": 7.0, "text": " ok",
+                         "words": [{"word": "ok", "start": 6.2, "end": 6.4}]}]}
+    t = read_transcript(write(tmp_path, "wx.json", json.dumps(doc)))
+    first, second, third = t.cues
+    assert first.text == "In 2024 we met 99"
+    # 2024 sits between the end of "In" and the start of "we"; 99 between "met" and the segment's end.
+    assert first.word_times == pytest.approx((0.2, 0.7, 1.2, 2.2, 3.2))
+    assert second.word_times == pytest.approx((5 + 1 / 3, 5 + 2 / 3))  # no timed word: the segment's span
+    assert third.word_times == pytest.approx((6.3,))
+    assert any("wx.json" in w and "4 Whisper word(s) had no start/end time" in w for w in t.warnings), t.warnings
+
+
+def test_whisper_words_all_timed_give_no_warning(tmp_path):
+    doc = {"segments": [{"start": 0.0, "end": 1.0, "text": " a b",
+                         "words": [{"word": " a", "start": 0.0, "end": 0.2}, {"word": " b", "start": 0.5, "end": 0.7}]}]}
+    t = read_transcript(write(tmp_path, "a.json", json.dumps(doc)))
+    assert t.cues[0].word_times == pytest.approx((0.1, 0.6))
+    assert t.warnings == ()
+
+
+def test_whisper_chinese_words_become_timed_characters_without_spaces(tmp_path):
+    doc = {"segments": [{"start": 0.0, "end": 1.0, "text": "我们今天",
+                         "words": [{"word": "我们", "start": 0.0, "end": 0.4},
+                                   {"word": "今天", "start": 0.5, "end": 0.9}]}]}
+    t = read_transcript(write(tmp_path, "zh.json", json.dumps(doc)))
+    (cue,) = t.cues
+    assert cue.text == "我们今天"
+    assert cue.words == ["我", "们", "今", "天"]
+    assert cue.word_times == pytest.approx((0.1, 0.3, 0.6, 0.8))  # each word's span shared by its characters
+    assert t.warnings == ()
 
 
 def test_whisper_json_negative_times_clamped_with_warning(tmp_path):

@@ -161,22 +161,71 @@ class TextEncoder:
         self.feature_dim = int(self.model.config.hidden_size)
         self.skipped_words = 0
 
+    def _pieces(self, cues: list[list[str]]) -> list[list[int]]:
+        """Word pieces per word of each cue (each cue tokenized once, as the encoder will see it)."""
+        counts = [[0] * len(words) for words in cues]
+        nonempty = [ci for ci, words in enumerate(cues) if words]
+        if nonempty:
+            enc = self.tokenizer([cues[ci] for ci in nonempty], is_split_into_words=True, add_special_tokens=False)
+            for row, ci in enumerate(nonempty):
+                for wid in enc.word_ids(row):
+                    if wid is not None:
+                        counts[ci][wid] += 1
+        return counts
+
     def _units(self, cues: list[list[str]]) -> list[tuple[int, int, list[str], int, int]]:
-        """(cue, first word, words with context, offset of own words, own count) per encoder input."""
-        chunk = max(1, self.max_length // 2)  # own words per pass; leaves room for word pieces
+        """(cue, first word, words with context, offset of own words, own count) per encoder input.
+
+        Passes are cut by token count, never inside a word: a pass's own words, its context words and the
+        special tokens fit `max_length` (words of many pieces make shorter passes). A word that alone has
+        more pieces than fit is left out (no partial tokens); the caller counts it as skipped."""
+        budget = max(1, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False))
+        pieces = self._pieces(cues)
         units = []
         for ci, words in enumerate(cues):
-            for first in range(0, len(words), chunk):
-                own = words[first : first + chunk]
+            first = 0
+            while first < len(words):
+                if pieces[ci][first] > budget:
+                    first += 1  # longer than a whole pass: cannot be encoded without cutting it
+                    continue
+                used, stop = 0, first
+                while stop < len(words) and used + pieces[ci][stop] <= budget:
+                    used += pieces[ci][stop]
+                    stop += 1
+                own = words[first:stop]
                 before: list[str] = []
                 after: list[str] = []
                 if len(own) < self.context_words:
-                    # Short cue: borrow neighbouring words so BERT sees a sentence, not 3 words.
-                    prev_words = words[:first] or (cues[ci - 1] if ci > 0 else [])
-                    next_words = words[first + chunk :] or (cues[ci + 1] if ci + 1 < len(cues) else [])
-                    before = prev_words[-self.context_words :]
-                    after = next_words[: self.context_words]
+                    # Short pass: borrow neighbouring words so BERT sees a sentence, not 3 words;
+                    # alternately one word before and one after, while they fit.
+                    if first:
+                        prev_words, prev_pieces = words[:first], pieces[ci][:first]
+                    elif ci > 0:
+                        prev_words, prev_pieces = cues[ci - 1], pieces[ci - 1]
+                    else:
+                        prev_words, prev_pieces = [], []
+                    if stop < len(words):
+                        next_words, next_pieces = words[stop:], pieces[ci][stop:]
+                    elif ci + 1 < len(cues):
+                        next_words, next_pieces = cues[ci + 1], pieces[ci + 1]
+                    else:
+                        next_words, next_pieces = [], []
+                    b = a = 0  # words borrowed before / after
+                    grew = True
+                    while grew:
+                        grew = False
+                        if b < min(self.context_words, len(prev_words)) and used + prev_pieces[-1 - b] <= budget:
+                            used += prev_pieces[-1 - b]
+                            b += 1
+                            grew = True
+                        if a < min(self.context_words, len(next_words)) and used + next_pieces[a] <= budget:
+                            used += next_pieces[a]
+                            a += 1
+                            grew = True
+                    before = prev_words[len(prev_words) - b :] if b else []
+                    after = next_words[:a]
                 units.append((ci, first, before + own + after, len(before), len(own)))
+                first = stop
         return units
 
     def encode_cues(self, cues: list[list[str]]) -> dict[tuple[int, int], WordTokens]:
@@ -189,6 +238,8 @@ class TextEncoder:
         context of its own video's neighbouring cues)."""
         results: list[dict[tuple[int, int], WordTokens]] = [{} for _ in transcripts]
         units = [(video, *unit) for video, cues in enumerate(transcripts) for unit in self._units(cues)]
+        encoded = sum(u[5] for u in units)
+        self.skipped_words += sum(len(w) for cues in transcripts for w in cues) - encoded  # longer than a pass
         for start in range(0, len(units), self.batch_size):
             batch = units[start : start + self.batch_size]
             enc = self.tokenizer([u[3] for u in batch], is_split_into_words=True, padding=True, truncation=True,
@@ -206,7 +257,7 @@ class TextEncoder:
                 for j in range(count):
                     toks = positions.get(j)
                     if not toks:
-                        self.skipped_words += 1  # truncated away, or a word the tokenizer drops entirely
+                        self.skipped_words += 1  # a word the tokenizer drops entirely (no piece)
                         continue
                     results[video][(ci, first + j)] = WordTokens(hidden[row, toks].clone(),
                                                                  enc["input_ids"][row, toks].clone())

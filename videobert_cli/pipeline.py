@@ -30,7 +30,7 @@ from .encoders import ImageEncoder, TextEncoder, WordTokens
 from .fusion import FusionConfig, build_fusion
 from .models import ModelError
 from .outdir import OutputDir
-from .planning import ClipPlan
+from .planning import ClipPlan, Word
 from .workers import Chunk, DecodePool, Failed, Header, VideoTask
 from .writer import ShardWriter, VideoRecord, VideoResult
 
@@ -177,20 +177,17 @@ class Extractor:
             transcript=str(item.transcript) if item.transcript else "", transcript_format=transcript.format,
             transcript_timed=transcript.timed, warnings=warnings,
         )
-        return self._assemble(record, plan.clips, frame_features, word_tokens)
-
-    def _clip_tokens(self, clip: ClipPlan, word_tokens: dict[tuple[int, int], WordTokens]) -> WordTokens:
-        parts = [word_tokens[(w.cue, w.position)] for w in clip.words if (w.cue, w.position) in word_tokens]
-        limit = self.config.max_text_tokens
-        if not parts:
-            return WordTokens(torch.zeros(0, self.text.feature_dim), torch.zeros(0, dtype=torch.int64))
-        return WordTokens(torch.cat([p.features for p in parts])[:limit], torch.cat([p.ids for p in parts])[:limit])
+        return self._assemble(record, plan.clips, frame_features, word_tokens, plan.words)
 
     @torch.inference_mode()
     def _assemble(self, record: VideoRecord, clips: tuple[ClipPlan, ...], frame_features: torch.Tensor,
-                  word_tokens: dict[tuple[int, int], WordTokens]) -> VideoResult:
+                  word_tokens: dict[tuple[int, int], WordTokens], words: tuple[Word, ...] = ()) -> VideoResult:
         n, d_txt, frames = len(clips), self.text.feature_dim, self.config.frames_per_clip
-        tokens = [self._clip_tokens(c, word_tokens) for c in clips]
+        limit = self.config.max_text_tokens
+        kept = [clip_tokens(c, word_tokens, limit, d_txt) for c in clips]
+        tokens = [t for t, _ in kept]
+        record.warnings.extend(text_loss_warnings(words, word_tokens, [cut for _, cut in kept], limit,
+                                                  self.config.text_max_length))
         counts = np.array([len(t.ids) for t in tokens], dtype=np.int32)
         fused = torch.zeros(n, self.fused_dim)
         text_pooled = torch.zeros(n, d_txt)
@@ -224,6 +221,36 @@ class Extractor:
             token_features=torch.cat([t.features for t in tokens]).numpy() if save_tokens and n else None,
             token_ids=torch.cat([t.ids for t in tokens]).numpy() if save_tokens and n else None,
         )
+
+
+def clip_tokens(clip: ClipPlan, word_tokens: dict[tuple[int, int], WordTokens], limit: int,
+                dim: int) -> tuple[WordTokens, int]:
+    """A clip's fusion input: its words' tokens in order, at most `limit`; and how many were cut."""
+    parts = [word_tokens[(w.cue, w.position)] for w in clip.words if (w.cue, w.position) in word_tokens]
+    if not parts:
+        return WordTokens(torch.zeros(0, dim), torch.zeros(0, dtype=torch.int64)), 0
+    features, ids = torch.cat([p.features for p in parts]), torch.cat([p.ids for p in parts])
+    return WordTokens(features[:limit], ids[:limit]), max(0, len(ids) - limit)
+
+
+def text_loss_warnings(words: tuple[Word, ...] | list[Word], word_tokens: dict[tuple[int, int], WordTokens],
+                       cut: list[int], max_text_tokens: int, text_max_length: int) -> list[str]:
+    """What of the transcript's text did not reach the fusion, as warnings for the video's row.
+
+    `clips/text` keeps every word of a clip (what was said in its window); these warnings say which of
+    those words' tokens are not in the clip's fused tokens (`token_count` counts those that are)."""
+    warnings = []
+    lost = [w.text for w in words if (w.cue, w.position) not in word_tokens]
+    if lost:
+        shown = ", ".join(repr(w[:40]) for w in lost[:3]) + (", ..." if len(lost) > 3 else "")
+        warnings.append(f"{len(lost)} word(s) have no text tokens and are not fused (longer than "
+                        f"text_max_length={text_max_length} tokens on their own, or dropped by the tokenizer): "
+                        f"{shown}")
+    over = [c for c in cut if c > 0]
+    if over:
+        warnings.append(f"{len(over)} clip(s) had more than max_text_tokens={max_text_tokens} tokens; "
+                        f"{sum(over)} token(s) beyond the limit were not fused (clips/text still lists every word)")
+    return warnings
 
 
 class StopRequest:

@@ -12,6 +12,10 @@ No I/O here, so every rule can be tested without a video.
   window, each mapped to the frame being displayed at that time (the last frame
   whose presentation timestamp is <= t), so variable-frame-rate files come out
   right.
+* Words: a cue's words as `Cue.words` gives them: whitespace-delimited, and text in scripts written
+  without spaces (Chinese, Japanese, Thai, ...) split into characters, so such a cue is timed and
+  windowed like an English one, not as a single "word". A clip's text puts a space only where the
+  transcript had one.
 * Word times: word i of a cue with n words and no word timestamps sits at
   start + (i + 0.5) / n * (end - start). A word belongs to the window holding
   its time (the final window also holds its end point).
@@ -34,6 +38,7 @@ class Word:
     time: float
     cue: int  # index into the transcript's cues
     position: int  # index among that cue's words
+    spaced: bool = True  # a space preceded it in the cue's text (False inside unspaced scripts)
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,14 @@ class ClipPlan:
 
     @property
     def text(self) -> str:
-        return " ".join(w.text for w in self.words)
+        """The words as text: a space where the transcript had one and between cues, none inside CJK/Thai."""
+        out = ""
+        for i, w in enumerate(self.words):
+            prev = self.words[i - 1] if i else None
+            if prev is not None and (w.spaced or (w.cue, w.position) != (prev.cue, prev.position + 1)):
+                out += " "
+            out += w.text
+        return out
 
 
 @dataclass(frozen=True)
@@ -62,14 +74,14 @@ def word_timeline(cues: tuple[Cue, ...] | list[Cue]) -> list[Word]:
     """Every word with its time, sorted by time (ties keep transcript order)."""
     words: list[Word] = []
     for ci, cue in enumerate(cues):
-        tokens = cue.words
+        tokens, spaced = cue.words, cue.spaced
         n = len(tokens)
         if cue.word_times is not None and len(cue.word_times) == n:
             times = list(cue.word_times)
         else:
             span = cue.end - cue.start
             times = [cue.start + (i + 0.5) / n * span for i in range(n)]
-        words.extend(Word(text, t, ci, i) for i, (text, t) in enumerate(zip(tokens, times)))
+        words.extend(Word(text, t, ci, i, gap) for i, (text, t, gap) in enumerate(zip(tokens, times, spaced)))
     words.sort(key=lambda w: (w.time, w.cue, w.position))
     return words
 
