@@ -392,3 +392,45 @@ def test_a_video_is_known_by_its_file_not_its_folder(toy: Path, tmp_path: Path) 
         split_videos(open_corpus(toy), TrainConfig())[1].tolist()
     result = run(["evaluate", moved, "--fusion-checkpoint", path, "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["unseen_videos"] == 0
+
+
+def _malformed(source: Path, folder: Path) -> dict[str, Path]:
+    """Two broken copies of a checkpoint: an unknown key in its config (FusionConfig(**config) raises
+    TypeError), and a config whose width does not fit its state dict (load_state_dict raises RuntimeError)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, change in (("unknown-key", {"bogus": 1}), ("mismatch", {"dim": 16})):
+        blob = torch.load(source, weights_only=True)
+        blob["config"] = {**blob["config"], **change}
+        out[name] = folder / f"{name}.pt"
+        torch.save(blob, out[name])
+    return out
+
+
+def _one_line_refusal(result, path: Path) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"videobert: error: {path}: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_checkpoint_is_a_one_line_refusal(toy: Path, tmp_path: Path, tiny_args: list[str]) -> None:
+    from media import write_video
+
+    trained_path = tmp_path / "fusion.pt"
+    train_library(toy, trained_path, TrainConfig(epochs=1, batch_size=4, device="cpu"))
+    for kind, path in _malformed(trained_path, tmp_path / "trained").items():
+        for command in (["evaluate", toy, "--fusion-checkpoint", path],
+                        ["fuse", toy, "--fusion-checkpoint", path, "-o", tmp_path / f"out-{kind}"]):
+            result = CliRunner().invoke(main, [str(a) for a in command])
+            _one_line_refusal(result, path)
+            assert ("unknown" if kind == "unknown-key" else "does not match") in result.stderr, result.stderr
+    # extract: a plain checkpoint for the tiny models' widths (resnet18 512, tiny BERT 32).
+    plain = tmp_path / "plain.pt"
+    save_fusion(CrossModalFusion(FusionConfig(512, 32, 32, 4)), plain)
+    write_video(tmp_path / "v.mp4", fps=10, seconds=1.5)
+    for kind, path in _malformed(plain, tmp_path / "plain").items():
+        result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "-o", str(tmp_path / f"x-{kind}"),
+                                           *tiny_args, "--fusion-checkpoint", str(path)])
+        _one_line_refusal(result, path)
+        assert not list((tmp_path / f"x-{kind}").glob("shard-*.h5"))
