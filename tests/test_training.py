@@ -434,3 +434,25 @@ def test_a_malformed_checkpoint_is_a_one_line_refusal(toy: Path, tmp_path: Path,
                                            *tiny_args, "--fusion-checkpoint", str(path)])
         _one_line_refusal(result, path)
         assert not list((tmp_path / f"x-{kind}").glob("shard-*.h5"))
+
+
+def test_extract_records_the_checkpoints_width_not_the_command_lines(tmp_path: Path, tiny_args: list[str]) -> None:
+    """tiny_args say fusion_dim=32, fusion_heads=4; the checkpoint is 16 wide with 2 heads: the shard
+    config must say what made `clips/fused` (as `fuse` records it), since `train` reads it from there."""
+    from media import write_video
+
+    checkpoint = tmp_path / "narrow.pt"
+    save_fusion(CrossModalFusion(FusionConfig(512, 32, 16, 2)), checkpoint)
+    write_video(tmp_path / "v.mp4", fps=10, seconds=1.5)
+    out = tmp_path / "out"
+    command = ["extract", tmp_path / "v.mp4", "-o", out, "--save-frames", "--save-tokens", *tiny_args,
+               "--fusion-checkpoint", checkpoint]
+    result = run(command)
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(next(out.glob("shard-*.h5"))) as f:
+        config, dims = json.loads(f.attrs["config"]), json.loads(f.attrs["dims"])
+        assert f["clips/fused"].shape[1] == 16
+    assert (config["fusion_dim"], config["fusion_heads"], dims["fused"]) == (16, 2, 16)
+    assert config["fusion_checkpoint"] == str(checkpoint)
+    again = run(command)  # the same command adds to the folder (the recorded config is what it uses)
+    assert again.exit_code == 0 and json.loads(again.stdout)["videos_skipped"] == 1, again.stderr

@@ -8,6 +8,7 @@ a failed video is reported and the run goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -111,7 +112,15 @@ class Extractor:
         self.fusion, fusion_record = build_fusion(fusion_config, config.fusion_seed, config.fusion_checkpoint,
                                                   feature_models=[self.image.record, self.text.record])
         self.fusion.to(self.device)
-        self.fused_dim = self.fusion.config.dim
+        used = self.fusion.config
+        if (used.dim, used.heads) != (config.fusion_dim, config.fusion_heads):
+            # A checkpoint brings its own width: the shards record what made clips/fused (as `fuse`
+            # does), since `train` and a resume read fusion_dim / fusion_heads from there.
+            log.warning("the fusion checkpoint is %d wide with %d heads; the config's fusion_dim %d and "
+                        "fusion_heads %d are not used (the shards record the checkpoint's)", used.dim, used.heads,
+                        config.fusion_dim, config.fusion_heads)
+            self.config = config = dataclasses.replace(config, fusion_dim=used.dim, fusion_heads=used.heads)
+        self.fused_dim = used.dim
         self.models = [self.image.record, self.text.record, fusion_record]
 
     def shard_attrs(self) -> dict[str, Any]:
