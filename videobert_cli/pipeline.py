@@ -61,7 +61,8 @@ class RunSummary:
     shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
-    warnings: int = 0
+    warnings: int = 0  # warnings logged: the videos' (stored in their rows) and the run's
+    run_warnings: list[str] = field(default_factory=list)  # the run's own (e.g. a change of precision)
     video_weights_random: bool = False
     interrupted: bool = False
 
@@ -136,8 +137,14 @@ class Extractor:
             "versions": library_versions(),
             "feature_dtype": self.config.dtype,
             "execution": {"device": str(self.device), "workers": self.workers, "threads": self.threads,
-                          "precision": str(self.image.amp_dtype or torch.float32).replace("torch.", "")},
+                          "precision": self.precision},
         }
+
+    @property
+    def precision(self) -> str:
+        """The dtype the encoders run at ("float32", "bfloat16", "float16"): --precision resolved for
+        this device (auto is bf16 on CUDA GPUs that support it, fp32 elsewhere)."""
+        return str(self.image.amp_dtype or torch.float32).replace("torch.", "")
 
     def task_for(self, item: VideoInput) -> VideoTask:
         cfg = self.config
