@@ -178,3 +178,26 @@ def test_evaluate_holds_out_only_videos_it_did_not_train_on(checkpoint: dict[str
 def test_retrieval_metrics_keys() -> None:
     out = retrieval_metrics(np.eye(3), np.eye(3, dtype=bool))
     assert out == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 1.0, "mean_rank": 1.0}
+
+
+def test_chance_alignment_follows_the_pairs_actually_scored(checkpoint: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip without a negative adds a positive and no negative: chance accuracy is then the best
+    constant guess over the pairs scored (here 4 positives, 3 negatives: 4/7), not 0.5."""
+    real = evaluation.pick_negatives
+
+    def one_missing(*args, **kwargs):
+        negatives = real(*args, **kwargs)
+        negatives[0] = -1
+        return negatives
+
+    monkeypatch.setattr(evaluation, "pick_negatives", one_missing)
+    report = evaluation.evaluate(checkpoint["held_out"], checkpoint["path"], device="cpu")
+    assert report["trained"]["alignment"]["pairs"] == 7
+    chance = report["chance"]["alignment"]
+    assert chance["accuracy"] == pytest.approx(4 / 7, abs=1e-6) and chance["roc_auc"] == 0.5
+    assert (chance["positives"], chance["negatives"]) == (4, 3)
+    row = next(line for line in evaluation.format_report(report).splitlines() if "alignment accuracy" in line)
+    assert row.split()[-1] == f"{4 / 7:.3f}"
+    assert evaluation.chance_alignment(2, 2) == {"accuracy": 0.5, "roc_auc": 0.5, "positives": 2, "negatives": 2}
+    assert evaluation.chance_alignment(3, 0)["accuracy"] == 1.0

@@ -392,3 +392,67 @@ def test_a_video_is_known_by_its_file_not_its_folder(toy: Path, tmp_path: Path) 
         split_videos(open_corpus(toy), TrainConfig())[1].tolist()
     result = run(["evaluate", moved, "--fusion-checkpoint", path, "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["unseen_videos"] == 0
+
+
+def _malformed(source: Path, folder: Path) -> dict[str, Path]:
+    """Two broken copies of a checkpoint: an unknown key in its config (FusionConfig(**config) raises
+    TypeError), and a config whose width does not fit its state dict (load_state_dict raises RuntimeError)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, change in (("unknown-key", {"bogus": 1}), ("mismatch", {"dim": 16})):
+        blob = torch.load(source, weights_only=True)
+        blob["config"] = {**blob["config"], **change}
+        out[name] = folder / f"{name}.pt"
+        torch.save(blob, out[name])
+    return out
+
+
+def _one_line_refusal(result, path: Path) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"videobert: error: {path}: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_checkpoint_is_a_one_line_refusal(toy: Path, tmp_path: Path, tiny_args: list[str]) -> None:
+    from media import write_video
+
+    trained_path = tmp_path / "fusion.pt"
+    train_library(toy, trained_path, TrainConfig(epochs=1, batch_size=4, device="cpu"))
+    for kind, path in _malformed(trained_path, tmp_path / "trained").items():
+        for command in (["evaluate", toy, "--fusion-checkpoint", path],
+                        ["fuse", toy, "--fusion-checkpoint", path, "-o", tmp_path / f"out-{kind}"]):
+            result = CliRunner().invoke(main, [str(a) for a in command])
+            _one_line_refusal(result, path)
+            assert ("unknown" if kind == "unknown-key" else "does not match") in result.stderr, result.stderr
+    # extract: a plain checkpoint for the tiny models' widths (resnet18 512, tiny BERT 32).
+    plain = tmp_path / "plain.pt"
+    save_fusion(CrossModalFusion(FusionConfig(512, 32, 32, 4)), plain)
+    write_video(tmp_path / "v.mp4", fps=10, seconds=1.5)
+    for kind, path in _malformed(plain, tmp_path / "plain").items():
+        result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "-o", str(tmp_path / f"x-{kind}"),
+                                           *tiny_args, "--fusion-checkpoint", str(path)])
+        _one_line_refusal(result, path)
+        assert not list((tmp_path / f"x-{kind}").glob("shard-*.h5"))
+
+
+def test_extract_records_the_checkpoints_width_not_the_command_lines(tmp_path: Path, tiny_args: list[str]) -> None:
+    """tiny_args say fusion_dim=32, fusion_heads=4; the checkpoint is 16 wide with 2 heads: the shard
+    config must say what made `clips/fused` (as `fuse` records it), since `train` reads it from there."""
+    from media import write_video
+
+    checkpoint = tmp_path / "narrow.pt"
+    save_fusion(CrossModalFusion(FusionConfig(512, 32, 16, 2)), checkpoint)
+    write_video(tmp_path / "v.mp4", fps=10, seconds=1.5)
+    out = tmp_path / "out"
+    command = ["extract", tmp_path / "v.mp4", "-o", out, "--save-frames", "--save-tokens", *tiny_args,
+               "--fusion-checkpoint", checkpoint]
+    result = run(command)
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(next(out.glob("shard-*.h5"))) as f:
+        config, dims = json.loads(f.attrs["config"]), json.loads(f.attrs["dims"])
+        assert f["clips/fused"].shape[1] == 16
+    assert (config["fusion_dim"], config["fusion_heads"], dims["fused"]) == (16, 2, 16)
+    assert config["fusion_checkpoint"] == str(checkpoint)
+    again = run(command)  # the same command adds to the folder (the recorded config is what it uses)
+    assert again.exit_code == 0 and json.loads(again.stdout)["videos_skipped"] == 1, again.stderr

@@ -193,7 +193,7 @@ def _install_stop_handlers(stop, log: logging.Logger) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 def info(out_dir: Path, as_json: bool) -> None:
     """Describe an output folder: videos, clips, dims, models, config."""
-    from .reader import FeatureError, open_features
+    from .reader import FeatureError, describe_precisions, open_features
 
     try:
         features = open_features(out_dir)
@@ -212,6 +212,7 @@ def info(out_dir: Path, as_json: bool) -> None:
         f"videos:      {report['videos']} ({report['video_seconds']:.1f} s of video)",
         f"clips:       {report['clips']} ({report['clips_with_text']} with text)",
         f"dims:        fused {dims['fused']}, video {dims['video']}, text {dims['text']} ({report['feature_dtype']})",
+        f"precision:   {describe_precisions(report['precision'])}",
     ]
     for model in report["models"]:
         lines.append(f"{model['role'] + ' model:':<14}{model['name']} [{model['weights']}] sha256 {model['sha256'][:16]}"
@@ -235,7 +236,8 @@ def validate(out_dir: Path, as_json: bool) -> None:
     Checks that each shard opens, has the known schema version, consistent
     shapes and row counts, no NaN/Inf in features, that no video is present
     twice (a changed video extracted again supersedes its old rows: a note),
-    and that failures.jsonl parses. Exit 0 when all is well, 1 naming each
+    and that failures.jsonl parses. Shards extracted at different precisions
+    are a warning, not a problem. Exit 0 when all is well, 1 naming each
     problem."""
     from .validate import validate as run_validate
 
@@ -247,6 +249,8 @@ def validate(out_dir: Path, as_json: bool) -> None:
                    f"{report.superseded} superseded, {report.failures_logged} failure record(s)")
         for note in report.notes:
             click.echo(f"note: {note}")
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}")
         for problem in report.problems:
             click.echo(f"PROBLEM: {problem}")
         click.echo("OK" if report.ok else f"{len(report.problems)} problem(s)")

@@ -195,6 +195,7 @@ def combine_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "clips_per_second": round(combined["clips"] / seconds, 3) if seconds > 0 else 0.0,
         "shards": [shard for s in summaries for shard in s.get("shards", [])],
         "failures": [failure for s in summaries for failure in s.get("failures", [])],
+        "run_warnings": [warning for s in summaries for warning in s.get("run_warnings", [])],
         "video_weights_random": any(s.get("video_weights_random") for s in summaries),
         "interrupted": any(s.get("interrupted") for s in summaries),
         "ranks": [{"rank": rank, **{k: s.get(k) for k in ("videos_total", "videos_done", "videos_failed",

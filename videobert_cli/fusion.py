@@ -23,7 +23,7 @@ features of other models when given theirs (`feature_models`).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -152,6 +152,44 @@ def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
     return blob
 
 
+def checkpoint_config(blob: dict[str, Any], path: str | Path) -> FusionConfig:
+    """The FusionConfig a checkpoint records; a config that is not one (unknown or missing keys, values
+    of the wrong type) is a ModelError naming the file, not a TypeError from deep inside."""
+    config = blob["config"]
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: malformed fusion checkpoint: its config is a {type(config).__name__}, not a mapping")
+    known = {f.name for f in fields(FusionConfig)}
+    unknown, missing = sorted(set(config) - known), sorted(k for k in ("video_dim", "text_dim") if k not in config)
+    if unknown or missing:
+        what = "; ".join(filter(None, [f"unknown config key(s) {', '.join(map(repr, unknown))}" if unknown else "",
+                                       f"missing config key(s) {', '.join(map(repr, missing))}" if missing else ""]))
+        raise ModelError(f"{path}: malformed fusion checkpoint: {what} (known: {', '.join(sorted(known))})")
+    bad = [k for k, v in config.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad:
+        raise ModelError(f"{path}: malformed fusion checkpoint: config {', '.join(f'{k}={config[k]!r}' for k in bad)}"
+                         " (expected positive integers)")
+    saved = FusionConfig(**config)
+    if saved.dim % saved.heads:
+        raise ModelError(f"{path}: malformed fusion checkpoint: dim {saved.dim} is not divisible by "
+                         f"{saved.heads} heads")
+    return saved
+
+
+def load_weights(module: nn.Module, state_dict: Any, path: str | Path, what: str = "state_dict") -> None:
+    """module.load_state_dict, with a state dict that does not fit the module (its recorded config)
+    refused as a one-line ModelError naming the file."""
+    if not isinstance(state_dict, Mapping):
+        raise ModelError(f"{path}: malformed fusion checkpoint: its {what} is a {type(state_dict).__name__}")
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        if len(detail) > 300:
+            detail = detail[:297] + "..."
+        raise ModelError(f"{path}: malformed fusion checkpoint: its {what} does not match its config "
+                         f"({detail})") from None
+
+
 def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None,
                  feature_models: Iterable[ModelRecord | Mapping[str, Any]] | None = None,
                  random_verified: bool = False) -> tuple[CrossModalFusion, ModelRecord]:
@@ -167,7 +205,7 @@ def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None,
         return module.eval(), ModelRecord("fusion", "cross-modal-attention", f"seed:{seed}", "seed", f"seed:{seed}")
     path = Path(checkpoint).expanduser()
     blob = read_checkpoint(path)
-    saved = FusionConfig(**blob["config"])
+    saved = checkpoint_config(blob, path)
     if (saved.video_dim, saved.text_dim) != (config.video_dim, config.text_dim):
         raise ModelError(
             f"{path}: trained on features of width video={saved.video_dim}, text={saved.text_dim}; "
@@ -176,7 +214,7 @@ def build_fusion(config: FusionConfig, seed: int, checkpoint: str | None,
     if feature_models is not None and blob.get("feature_models"):
         check_feature_models(blob["feature_models"], feature_models, str(path), random_verified)
     module = CrossModalFusion(saved)
-    module.load_state_dict(blob["state_dict"])
+    load_weights(module, blob["state_dict"], path)
     return module.eval(), ModelRecord("fusion", "cross-modal-attention", str(path), str(path.resolve()),
                                       sha256_file(path), path.stat().st_size)
 

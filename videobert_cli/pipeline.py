@@ -8,6 +8,7 @@ a failed video is reported and the run goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -60,7 +61,8 @@ class RunSummary:
     shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
-    warnings: int = 0
+    warnings: int = 0  # warnings logged: the videos' (stored in their rows) and the run's
+    run_warnings: list[str] = field(default_factory=list)  # the run's own (e.g. a change of precision)
     video_weights_random: bool = False
     interrupted: bool = False
 
@@ -111,7 +113,15 @@ class Extractor:
         self.fusion, fusion_record = build_fusion(fusion_config, config.fusion_seed, config.fusion_checkpoint,
                                                   feature_models=[self.image.record, self.text.record])
         self.fusion.to(self.device)
-        self.fused_dim = self.fusion.config.dim
+        used = self.fusion.config
+        if (used.dim, used.heads) != (config.fusion_dim, config.fusion_heads):
+            # A checkpoint brings its own width: the shards record what made clips/fused (as `fuse`
+            # does), since `train` and a resume read fusion_dim / fusion_heads from there.
+            log.warning("the fusion checkpoint is %d wide with %d heads; the config's fusion_dim %d and "
+                        "fusion_heads %d are not used (the shards record the checkpoint's)", used.dim, used.heads,
+                        config.fusion_dim, config.fusion_heads)
+            self.config = config = dataclasses.replace(config, fusion_dim=used.dim, fusion_heads=used.heads)
+        self.fused_dim = used.dim
         self.models = [self.image.record, self.text.record, fusion_record]
 
     def shard_attrs(self) -> dict[str, Any]:
@@ -127,8 +137,14 @@ class Extractor:
             "versions": library_versions(),
             "feature_dtype": self.config.dtype,
             "execution": {"device": str(self.device), "workers": self.workers, "threads": self.threads,
-                          "precision": str(self.image.amp_dtype or torch.float32).replace("torch.", "")},
+                          "precision": self.precision},
         }
+
+    @property
+    def precision(self) -> str:
+        """The dtype the encoders run at ("float32", "bfloat16", "float16"): --precision resolved for
+        this device (auto is bf16 on CUDA GPUs that support it, fp32 elsewhere)."""
+        return str(self.image.amp_dtype or torch.float32).replace("torch.", "")
 
     def task_for(self, item: VideoInput) -> VideoTask:
         cfg = self.config

@@ -25,7 +25,9 @@ from .writer import SCHEMA_VERSION, SHARD_GLOB, sorted_shards
 
 CLIP_FIELDS = ("fused", "video_features", "text_features", "start", "end", "frame_times", "frame_indices",
                "text", "has_text", "token_count")
-JSON_ATTRS = ("config", "models", "dims", "versions", "preprocess")
+JSON_ATTRS = ("config", "models", "dims", "versions", "preprocess", "execution")
+# The autocast dtype a shard records (execution.precision), by its --precision name.
+PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class FeatureError(ValueError):
@@ -47,6 +49,27 @@ def read_attrs(handle: h5py.File) -> dict[str, Any]:
             value = value.item()
         attrs[key] = value
     return attrs
+
+
+def shard_precision(attrs: dict[str, Any]) -> str:
+    """The precision a shard's encoders ran at (fp32, bf16, fp16), from its `execution` attribute;
+    "unrecorded" for shards that do not say (written by hand, or by `fuse` from such shards)."""
+    execution = attrs.get("execution")
+    value = execution.get("precision") if isinstance(execution, dict) else None
+    return PRECISION_NAMES.get(str(value), str(value)) if value else "unrecorded"
+
+
+def precision_counts(attrs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """{precision: number of shards}, in the order the precisions first appear."""
+    counts: dict[str, int] = {}
+    for a in attrs:
+        counts[shard_precision(a)] = counts.get(shard_precision(a), 0) + 1
+    return counts
+
+
+def describe_precisions(counts: dict[str, int]) -> str:
+    """"fp32 (3 shards), bf16 (2 shards)"."""
+    return ", ".join(f"{p} ({n} shard{'s' if n != 1 else ''})" for p, n in counts.items())
 
 
 @dataclass(frozen=True)
@@ -172,6 +195,7 @@ class FeatureSet:
             "video_seconds": round(sum(v["duration"] for v in self.videos), 3),
             "dims": first.get("dims"),
             "feature_dtype": first.get("feature_dtype"),
+            "precision": precision_counts(self.attrs),
             "models": first.get("models"),
             "video_weights_random": bool(first.get("video_weights_random")),
             "config": first.get("config"),

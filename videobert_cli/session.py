@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_LOCKED = 0, 1, 2, 3, 75
 
 # Settings that change only how fast a run goes, not what it writes; all others must match
-# the shards already in an output folder for a run to add to it.
+# the shards already in an output folder for a run to add to it. `precision` changes the features
+# in their last bits only (bf16 vs fp32), so a change is allowed but warned (check_same_setup).
 EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "workers", "threads",
                   "precision", "compile"}
 
@@ -130,17 +131,21 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
         first_shard = out.next_shard_index()
     first_shard = group.broadcast(first_shard)  # also holds the other ranks until rank 0 has cleared
     pool = DecodePool(plan_cpu_split(config, device)[0], request.decode_timeout)  # starts while models load
-    error, extractor = None, None
+    error, extractor, run_warnings = None, None, []
     try:
         out.remove_temporary()
         extractor = Extractor(config, request.models_dir)  # every model resolves before any video is decoded
-        check_same_setup(out, extractor)
+        run_warnings = check_same_setup(out, extractor)
+        if not group.leader:  # every rank checks; rank 0 alone reports, once for the run
+            run_warnings = []
     except ModelError as exc:
         error = (str(exc), EXIT_USAGE)
     agree(error, lambda: (pool.close(), out.unlock()))
     assert extractor is not None
     if extractor.image.record.sha256 == "random" and group.leader:
         log.warning("video weights are RANDOM (untrained); recorded in the shards")
+    for warning in run_warnings:
+        log.warning("%s", warning)
 
     mine = take_part(videos, sizes, part)
     mine_problems = problems if part.index == 0 else []  # recorded once, by part 0
@@ -151,6 +156,8 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     previous = install_stop(options.stop) if install_stop else {}
     try:
         summary = _run(mine, mine_problems, out, extractor, options, on_video, pool, part)
+        summary["run_warnings"] = summary.get("run_warnings", []) + run_warnings
+        summary["warnings"] = summary.get("warnings", 0) + len(run_warnings)
         if part.split:
             summary["part"] = {"index": part.index, "count": part.count, "source": part.source}
         if not part.torchrun:
@@ -202,13 +209,19 @@ def combined_exit(codes: list[int]) -> int:
     return EXIT_OK
 
 
-def check_same_setup(out: Any, extractor: Any) -> None:
-    """Refuse to add rows made with other settings or models to an output folder."""
+def check_same_setup(out: Any, extractor: Any) -> list[str]:
+    """Refuse to add rows made with other settings or models to an output folder; returns warnings.
+
+    The precision is an execution setting (a resume may well run on other hardware: fp32 on a CPU,
+    then bf16 on a GPU), and features at bf16 and fp32 agree closely (cosine 0.99999 measured on
+    ResNet-50, H200), so a change is accepted, but never silently: it is returned as a warning
+    (logged, and in the run summary), and `info` and `validate` show the precisions per shard."""
     from .models import ModelError
+    from .reader import PRECISION_NAMES, shard_precision
 
     existing = out.existing_attrs()
     if existing is None:
-        return
+        return []
     old, new = existing.get("config", {}), extractor.config.to_dict()
     changed = sorted(k for k in set(old) | set(new) if k not in EXECUTION_KEYS and old.get(k) != new.get(k))
     old_models = {m["role"]: m["sha256"] for m in existing.get("models", [])}
@@ -217,3 +230,9 @@ def check_same_setup(out: Any, extractor: Any) -> None:
     if changed:
         raise ModelError(f"{out.path} holds shards made with other settings ({', '.join(changed)}); "
                          "use the same settings to add to it, --overwrite to start afresh, or another -o")
+    old_precision, new_precision = shard_precision(existing), PRECISION_NAMES[extractor.precision]
+    if old_precision not in ("unrecorded", new_precision):
+        return [f"{out.path} holds shards extracted at {old_precision} precision and this run uses "
+                f"{new_precision}: the folder will mix the two (features differ in the last bits; `info` and "
+                f"`validate` show the mix); pass --precision {old_precision} to keep it uniform"]
+    return []

@@ -3,7 +3,8 @@
 Thin click layer over training.py, evaluation.py and refuse.py: parse options, call the library,
 print a JSON summary (or a table) on stdout, errors as one line on stderr.
 Exit codes: 0 done; 1 the run failed (the loss diverged, an output could not be written);
-2 usage error (bad options, features without frame/token features, a checkpoint for other models).
+2 usage error (bad options, features without frame/token features, a checkpoint for other models or a
+malformed one).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ Exit codes:
   0  done
   1  the run failed (loss diverged, output not writable, out of memory)
   2  usage error: bad options, features lacking frame/token features,
-     or a checkpoint trained on features of other models"""
+     a checkpoint trained on features of other models, or a malformed one"""
 
 _FEATURES = click.argument("features_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 _CHECKPOINT = click.option("--fusion-checkpoint", "checkpoint", required=True,

@@ -52,7 +52,7 @@ from torch import nn
 
 from . import __version__
 from .fusion import (CHECKPOINT_FORMAT, CrossModalFusion, FusionConfig, build_fusion, check_feature_models,
-                     feature_model_ids, read_checkpoint, save_fusion)
+                     checkpoint_config, feature_model_ids, load_weights, read_checkpoint, save_fusion)
 from .models import RANDOM, ModelError
 from .reader import FeatureError, FeatureSet, open_features
 
@@ -638,7 +638,10 @@ def load_trained(checkpoint: str | Path, corpus: Corpus) -> TrainedFusion:
         raise TrainingError(str(exc)) from None
     if blob.get("format") != CHECKPOINT_FORMAT or "head_state_dict" not in blob:
         raise TrainingError(f"{path}: not a checkpoint written by `videobert train` (it has no alignment head)")
-    config = FusionConfig(**blob["config"])
+    try:
+        config = checkpoint_config(blob, path)
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
     if (config.video_dim, config.text_dim) != (corpus.dims["video"], corpus.dims["text"]):
         raise TrainingError(f"{path}: trained on features of width video={config.video_dim}, "
                             f"text={config.text_dim}; these are video={corpus.dims['video']}, "
@@ -647,10 +650,22 @@ def load_trained(checkpoint: str | Path, corpus: Corpus) -> TrainedFusion:
         check_checkpoint_features(blob, corpus, path)
     except ModelError as exc:
         raise TrainingError(str(exc)) from None
-    trained = FusionAligner(CrossModalFusion(config), AlignmentHead(config.dim, blob["head"]["hidden"]))
-    trained.fusion.load_state_dict(blob["state_dict"])
-    trained.head.load_state_dict(blob["head_state_dict"])
-    untrained = init_model(config, int(blob["init_seed"]))
+    missing = [f"{section}.{key}" for section, key in (("training", "config"), ("data", "train_videos"),
+                                                        ("data", "val_videos"))
+               if not isinstance(blob.get(section), dict) or key not in blob[section]]
+    try:
+        hidden, init_seed = int(blob["head"]["hidden"]), int(blob["init_seed"])
+    except (KeyError, TypeError, ValueError):
+        missing.append("head.hidden or init_seed")
+    if missing:
+        raise TrainingError(f"{path}: malformed fusion checkpoint: missing or unreadable {', '.join(missing)}")
+    trained = FusionAligner(CrossModalFusion(config), AlignmentHead(config.dim, hidden))
+    try:
+        load_weights(trained.fusion, blob["state_dict"], path)
+        load_weights(trained.head, blob["head_state_dict"], path, "head_state_dict")
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
+    untrained = init_model(config, init_seed)
     return TrainedFusion(path, blob, trained.eval(), untrained.eval())
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .outdir import OutputDir
 from .writer import sorted_shards
-from .reader import read_attrs
+from .reader import describe_precisions, read_attrs, shard_precision
 from .writer import SCHEMA_VERSION, TMP_SUFFIX
 
 FEATURES = ("fused", "video_features", "text_features", "frame_features")
@@ -33,6 +33,8 @@ class Report:
     failures_logged: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth knowing, not damage: `ok` stays True
+    precision: dict[str, int] = field(default_factory=dict)  # shards per encoder precision
 
     @property
     def ok(self) -> bool:
@@ -41,7 +43,8 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "shards": self.shards, "videos": self.videos, "clips": self.clips,
                 "superseded": self.superseded, "failures_logged": self.failures_logged,
-                "problems": self.problems, "notes": self.notes}
+                "problems": self.problems, "notes": self.notes, "warnings": self.warnings,
+                "precision": self.precision}
 
 
 def validate(out_dir: Path) -> Report:
@@ -71,6 +74,11 @@ def validate(out_dir: Path) -> Report:
                                         f"superseded by {shard.name}")
             seen[abspath] = (shard.name, size, mtime)
     report.videos = len(seen)
+    if len(report.precision) > 1:
+        report.warnings.append(
+            f"shards extracted at different precisions: {describe_precisions(report.precision)} (a resume on "
+            "other hardware); their features differ in the last bits (bf16 vs fp32: cosine about 0.99999 on "
+            "ResNet-50), re-extract with --overwrite and one --precision for a uniform corpus")
     try:
         report.failures_logged = len(out.failure_records())
     except (ValueError, OSError) as exc:
@@ -86,6 +94,8 @@ def _check_shard(path: Path, report: Report) -> list[tuple[str, int, float]]:
         if attrs.get("schema_version") != SCHEMA_VERSION:
             problems.append(f"{name}: schema version {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
             return []
+        precision = shard_precision(attrs)
+        report.precision[precision] = report.precision.get(precision, 0) + 1
         for key in ("config", "models", "dims", "created_utc", "tool_version", "versions"):
             if key not in attrs:
                 problems.append(f"{name}: attribute {key!r} missing")
