@@ -240,11 +240,16 @@ def _start_and_wait_for_a_shard(args: list[str], out: Path) -> subprocess.Popen:
     return proc
 
 
-def test_sigterm_writes_finished_videos_and_a_rerun_finishes(tmp_path: Path, tiny_args: list[str]) -> None:
+def _six_videos(tmp_path: Path, tiny_args: list[str], shard_size: int) -> tuple[list[str], Path]:
+    """Six 3 s videos under tmp_path/in; the extract arguments and the output folder."""
     for i in range(6):
         write_video(tmp_path / "in" / f"v{i}.mp4", fps=10, seconds=3)
     out = tmp_path / "out"
-    args = ["extract", str(tmp_path / "in"), "-o", str(out), "--shard-size", "2", *tiny_args]
+    return ["extract", str(tmp_path / "in"), "-o", str(out), "--shard-size", str(shard_size), *tiny_args], out
+
+
+def test_sigterm_writes_finished_videos_and_a_rerun_finishes(tmp_path: Path, tiny_args: list[str]) -> None:
+    args, out = _six_videos(tmp_path, tiny_args, shard_size=2)
     proc = _start_and_wait_for_a_shard(args, out)
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=120)
@@ -274,10 +279,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, t
 
 
 def test_a_second_sigint_aborts_at_once_leaving_only_complete_shards(tmp_path: Path, tiny_args: list[str]) -> None:
-    for i in range(6):
-        write_video(tmp_path / "in" / f"v{i}.mp4", fps=10, seconds=3)
-    out = tmp_path / "out"
-    args = ["extract", str(tmp_path / "in"), "-o", str(out), "--shard-size", "1", *tiny_args]
+    args, out = _six_videos(tmp_path, tiny_args, shard_size=1)
     proc = _start_and_wait_for_a_shard(args, out)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)

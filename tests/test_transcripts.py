@@ -44,19 +44,7 @@ def spans(t: Transcript) -> list[tuple[float, float, str]]:
         ("fish &amp; chips &lt;3", "fish & chips <3"),
         ("first\\Nsecond", "first second"),
         ("  lots   of\t\n space  ", "lots of space"),
-    ],
-)
-def test_clean_text(raw, expected):
-    assert clean_text(raw) == expected
-
-
-def test_clean_text_keeps_a_lone_less_than_sign():
-    assert clean_text("1 < 2") == "1 < 2"
-
-
-@pytest.mark.parametrize(
-    "raw, expected",
-    [
+        # Only real tags go: text that merely looks like one stays.
         ("if a<b and c>d then stop", "if a<b and c>d then stop"),
         ("a<b and c>d", "a<b and c>d"),
         ("x < y", "x < y"),
@@ -81,6 +69,10 @@ def test_clean_text_keeps_a_lone_less_than_sign():
 )
 def test_clean_text_strips_only_real_tags(raw, expected):
     assert clean_text(raw) == expected
+
+
+def test_clean_text_keeps_a_lone_less_than_sign():
+    assert clean_text("1 < 2") == "1 < 2"
 
 
 def test_clean_text_of_only_markup_is_empty():
@@ -205,6 +197,17 @@ def test_valid_utf8_gives_no_encoding_warning(tmp_path):
     t = read_transcript(write(tmp_path, "ok.srt", data))
     assert [c.text for c in t.cues] == ["café au lait"]
     assert t.warnings == ()
+
+
+@pytest.mark.parametrize("name, body, message", [
+    ("broken.json", '{"segments": [', "broken.json"),
+    ("nosegs.json", '{"text": "hello"}', "nosegs.json"),
+    ("notimes.json", '{"segments": [{"text": "hello"}]}', "notimes.json: segment 0"),
+    ("notes.docx", "hello", "notes.docx: unknown transcript format"),
+])
+def test_unreadable_transcript_is_an_error_naming_the_file(tmp_path, name, body, message):
+    with pytest.raises(TranscriptError, match=message):
+        read_transcript(write(tmp_path, name, body))
 
 
 def test_garbage_srt_is_an_error_naming_the_file(tmp_path):
@@ -396,24 +399,6 @@ def test_whisper_word_at_negative_time_still_reaches_first_clip(tmp_path):
     assert plan.clips[0].text == "hi there"
 
 
-def test_invalid_json_raises_naming_file(tmp_path):
-    path = write(tmp_path, "broken.json", '{"segments": [')
-    with pytest.raises(TranscriptError, match="broken.json"):
-        read_transcript(path)
-
-
-def test_json_without_segments_raises(tmp_path):
-    path = write(tmp_path, "nosegs.json", '{"text": "hello"}')
-    with pytest.raises(TranscriptError, match="nosegs.json"):
-        read_transcript(path)
-
-
-def test_json_segment_without_times_raises(tmp_path):
-    path = write(tmp_path, "notimes.json", '{"segments": [{"text": "hello"}]}')
-    with pytest.raises(TranscriptError, match="segment 0"):
-        read_transcript(path)
-
-
 # --------------------------------------------------------------------------- plain text
 
 
@@ -440,12 +425,6 @@ def test_spread_untimed_leaves_timed_transcript_alone():
 def test_spread_untimed_of_empty_transcript():
     t = Transcript("x.txt", "txt", False, ())
     assert spread_untimed(t, 10.0).cues == ()
-
-
-def test_unknown_extension_raises(tmp_path):
-    path = write(tmp_path, "notes.docx", "hello")
-    with pytest.raises(TranscriptError, match="unknown transcript format"):
-        read_transcript(path)
 
 
 def test_extension_is_case_insensitive(tmp_path):
