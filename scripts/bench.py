@@ -93,7 +93,7 @@ def text_model(root: Path, quick: bool = False) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from videobert_cli.models import OFFLINE_TEXT_MODELS, package_path
+    from videobert_cli.weights.resolve import OFFLINE_TEXT_MODELS, package_path
 
     folder = root / ("bert-2-layer-random" if quick else "bert-base-random")
     if (folder / "config.json").exists():
@@ -117,12 +117,12 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from videobert_cli.config import load_config
-    from videobert_cli.discover import discover
+    from videobert_cli.extract.discover import discover
     from videobert_cli.fusion import FusionConfig, build_fusion
-    from videobert_cli.pipeline import Extractor
-    from videobert_cli.transcripts import read_transcript
-    from videobert_cli.workers import Chunk, Header, prepare_video
-    from videobert_cli.writer import ShardWriter
+    from videobert_cli.extract.run import Extractor
+    from videobert_cli.extract.transcripts import read_transcript
+    from videobert_cli.extract.workers import Chunk, Header, prepare_video
+    from videobert_cli.store.writer import ShardWriter
 
     root = args.corpus
     short, long = corpus(root, args.quick)
@@ -173,7 +173,7 @@ def measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         writer = ShardWriter(Path(tmp), extractor.shard_attrs(), shard_size=10**6, dtype="float32",
                              save_frames=False, save_tokens=False)
-        from videobert_cli.writer import VideoRecord, VideoResult
+        from videobert_cli.store.writer import VideoRecord, VideoResult
 
         started = time.perf_counter()
         per = 64

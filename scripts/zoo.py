@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from videobert_cli.decode import DecodeError, open_pyav, open_video  # noqa: E402
-from videobert_cli.planning import plan_clips  # noqa: E402
-from videobert_cli.transcripts import NO_TRANSCRIPT  # noqa: E402
+from videobert_cli.extract.decode import DecodeError, open_pyav, open_video  # noqa: E402
+from videobert_cli.extract.planning import plan_clips  # noqa: E402
+from videobert_cli.extract.transcripts import NO_TRANSCRIPT  # noqa: E402
 
 DEFAULT_CACHE = Path.home() / ".cache" / "videobert-zoo"
 VIDEO_SUFFIXES = {".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".mts", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp"}

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from videobert_cli.writer import VideoRecord, VideoResult, write_shard
+from videobert_cli.store.writer import VideoRecord, VideoResult, write_shard
 
 Clip = tuple[np.ndarray, np.ndarray, np.ndarray, str]
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from media import read_index, write_audio_only, write_video
 
-from videobert_cli.decode import DecodeError, _probe, decord_fault, open_pyav, open_video
-from videobert_cli.planning import plan_clips
-from videobert_cli.transcripts import NO_TRANSCRIPT
+from videobert_cli.extract.decode import DecodeError, _probe, decord_fault, open_pyav, open_video
+from videobert_cli.extract.planning import plan_clips
+from videobert_cli.extract.transcripts import NO_TRANSCRIPT
 
 VFR_TIMES = [0.0, 0.1, 0.2, 0.5, 0.6, 1.5, 1.55, 1.6, 2.9, 3.0]
 

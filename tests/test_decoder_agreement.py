@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from media import read_index, write_video
 
-from videobert_cli.decode import open_pyav, open_video
-from videobert_cli.planning import plan_clips
-from videobert_cli.transcripts import NO_TRANSCRIPT
+from videobert_cli.extract.decode import open_pyav, open_video
+from videobert_cli.extract.planning import plan_clips
+from videobert_cli.extract.transcripts import NO_TRANSCRIPT
 
 FPS = 10
 SECONDS = 3.5  # 3 clips of 1.5 s (the last 0.5 s); one frame short of the end gives 2

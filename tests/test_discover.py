@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from videobert_cli.discover import discover
+from videobert_cli.extract.discover import discover
 
 
 def touch(path: Path, text: str = "x") -> Path:

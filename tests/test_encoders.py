@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from videobert_cli.encoders import ImageEncoder, TextEncoder
-from videobert_cli.models import ModelError
+from videobert_cli.extract.encoders import ImageEncoder, TextEncoder
+from videobert_cli.weights.resolve import ModelError
 
 
 @pytest.fixture(scope="module")

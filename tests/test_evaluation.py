@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 from handmade import random_corpus, write_features
 
-from videobert_cli import evaluation
-from videobert_cli.evaluation import (accuracy, alignment_metrics, chance_recall, first_relevant_ranks, median_rank,
+from videobert_cli.learn import evaluation
+from videobert_cli.learn.evaluation import (accuracy, alignment_metrics, chance_recall, first_relevant_ranks, median_rank,
                                       pick_negatives, recall_at_k, retrieval_metrics, roc_auc)
-from videobert_cli.train_cli import evaluate
-from videobert_cli.training import TrainConfig, open_corpus, text_key, train
+from videobert_cli.cli.learn import evaluate
+from videobert_cli.learn.training import TrainConfig, open_corpus, text_key, train
 
 
 def test_ranks_recall_and_median_on_a_hand_computed_matrix() -> None:
@@ -149,7 +149,7 @@ def test_evaluate_reports_the_known_answers(checkpoint: dict[str, Path], monkeyp
 
 def test_the_score_matrix_is_clip_by_text(checkpoint: dict[str, Path]) -> None:
     """S[i, j] must be the head on fuse(frames of clip i, tokens of text j), not the transpose."""
-    from videobert_cli.training import load_trained
+    from videobert_cli.learn.training import load_trained
 
     corpus = open_corpus(checkpoint["held_out"])
     model = load_trained(checkpoint["path"], corpus).trained

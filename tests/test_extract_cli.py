@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from media import write_video
 
 from videobert_cli import open_features
-from videobert_cli.cli import main
-from videobert_cli.planning import fixed_windows
+from videobert_cli.cli.main import main
+from videobert_cli.extract.planning import fixed_windows
 
 SRT = (
     "\ufeff1\r\n00:00:00,500 --> 00:00:02,000\r\n<i>hello</i> there friend\r\n\r\n"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from videobert_cli.fusion import CrossModalFusion, FusionConfig, build_fusion, save_fusion
-from videobert_cli.models import ModelError
+from videobert_cli.weights.resolve import ModelError
 
 CFG = FusionConfig(video_dim=48, text_dim=24, dim=32, heads=4)
 

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from media import write_video
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
 
-from videobert_cli.cli import main
-from videobert_cli.models import (
+from videobert_cli.cli.main import main
+from videobert_cli.weights.resolve import (
     OFFLINE_FILES,
     OFFLINE_TEXT_MODELS,
     ModelError,

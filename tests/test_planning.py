@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videobert_cli.planning import fixed_windows, plan_clips, sample_frames, word_timeline
-from videobert_cli.transcripts import NO_TRANSCRIPT, Cue, Transcript
+from videobert_cli.extract.planning import fixed_windows, plan_clips, sample_frames, word_timeline
+from videobert_cli.extract.transcripts import NO_TRANSCRIPT, Cue, Transcript
 
 FPS10 = np.arange(100) / 10.0  # 10 s of constant 10 fps
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from media import write_audio_only, write_video
 
 from videobert_cli import open_features, writer
-from videobert_cli.cli import main
-from videobert_cli.outdir import OutputDir
-from videobert_cli.validate import validate
+from videobert_cli.cli.main import main
+from videobert_cli.store.outdir import OutputDir
+from videobert_cli.store.validate import validate
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 import kill_loop  # noqa: E402
@@ -293,7 +293,7 @@ def test_a_second_sigint_aborts_at_once_leaving_only_complete_shards(tmp_path: P
 
 def test_a_text_encoder_error_fails_only_the_video_that_causes_it(tmp_path: Path, tiny_args: list[str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from videobert_cli.encoders import TextEncoder
+    from videobert_cli.extract.encoders import TextEncoder
 
     real = TextEncoder.encode_transcripts
 

@@ -23,13 +23,13 @@ from handmade import MODELS, random_corpus
 from shapes import make_shapes_corpus
 
 from videobert_cli import open_features
-from videobert_cli.cli import main
+from videobert_cli.cli.main import main
 from videobert_cli.fusion import CrossModalFusion, FusionConfig, build_fusion, save_fusion
-from videobert_cli.models import ModelError, sha256_file
-from videobert_cli.train_cli import evaluate, fuse, train
-from videobert_cli.training import (TrainConfig, TrainingError, load_trained, open_corpus, split_videos,
+from videobert_cli.weights.resolve import ModelError, sha256_file
+from videobert_cli.cli.learn import evaluate, fuse, train
+from videobert_cli.learn.training import (TrainConfig, TrainingError, load_trained, open_corpus, split_videos,
                                     video_key)
-from videobert_cli.training import train as train_library
+from videobert_cli.learn.training import train as train_library
 
 for command in (train, evaluate, fuse):  # until cli.py registers them
     if command.name not in main.commands:
@@ -248,7 +248,7 @@ def test_same_seed_same_checkpoint_other_seed_other_one(toy: Path, tmp_path: Pat
     assert a.history != c.history
     assert any(not torch.equal(sa["state_dict"][k], sc["state_dict"][k]) for k in sa["state_dict"])
     # Evaluation is deterministic too.
-    from videobert_cli.evaluation import evaluate as evaluate_library
+    from videobert_cli.learn.evaluation import evaluate as evaluate_library
 
     first, second = (evaluate_library(toy, tmp_path / name, device="cpu") for name in ("a.pt", "b.pt"))
     first.pop("checkpoint"), second.pop("checkpoint")

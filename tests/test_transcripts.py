@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videobert_cli.planning import plan_clips
-from videobert_cli.transcripts import (
+from videobert_cli.extract.planning import plan_clips
+from videobert_cli.extract.transcripts import (
     Cue,
     Transcript,
     TranscriptError,

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from media import write_video
 
-from videobert_cli.cli import main
-from videobert_cli.outdir import OutputDir
-from videobert_cli.validate import validate
+from videobert_cli.cli.main import main
+from videobert_cli.store.outdir import OutputDir
+from videobert_cli.store.validate import validate
 
 
 @pytest.fixture

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .reader import ClipDataset, FeatureSet, open_features  # noqa: E402
+from .store.reader import ClipDataset, FeatureSet, open_features  # noqa: E402
 
 __all__ = ["ClipDataset", "FeatureSet", "__version__", "open_features"]

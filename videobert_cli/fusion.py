@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from .models import RANDOM, ModelError, ModelRecord, sha256_file
+from .weights.resolve import RANDOM, ModelError, ModelRecord, sha256_file
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import NoReturn
 
 import click
 
-from . import __version__
-from .config import ConfigError, load_config
+from .. import __version__
+from ..config import ConfigError, load_config
 
-from .session import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ExtractRequest, SessionError, run_session
+from ..extract.session import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ExtractRequest, SessionError, run_session
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -107,7 +107,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     failed before are skipped unless they changed or --retry-failed is given.
     Failures are appended to OUT/failures.jsonl.
     """
-    from .distribute import SplitError, resolve_part
+    from ..extract.distribute import SplitError, resolve_part
 
     try:
         config = load_config(config_file, overrides, flags)
@@ -193,7 +193,7 @@ def _install_stop_handlers(stop, log: logging.Logger) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 def info(out_dir: Path, as_json: bool) -> None:
     """Describe an output folder: videos, clips, dims, models, config."""
-    from .reader import FeatureError, describe_precisions, open_features
+    from ..store.reader import FeatureError, describe_precisions, open_features
 
     try:
         features = open_features(out_dir)
@@ -239,7 +239,7 @@ def validate(out_dir: Path, as_json: bool) -> None:
     and that failures.jsonl parses. Shards extracted at different precisions
     are a warning, not a problem. Exit 0 when all is well, 1 naming each
     problem."""
-    from .validate import validate as run_validate
+    from ..store.validate import validate as run_validate
 
     report = run_validate(out_dir)
     if as_json:
@@ -285,7 +285,7 @@ def models_list(config_file: Path | None, overrides: tuple[str, ...], models_dir
     """Where each model of the config resolves to, with size and sha256 (nothing is downloaded).
 
     Exit 0 when every model resolves, 2 when one does not."""
-    from .models import ModelError, locate_text_model, locate_video_weights, sha256_file, text_weights_file
+    from ..weights.resolve import ModelError, locate_text_model, locate_video_weights, sha256_file, text_weights_file
 
     config = _load(config_file, overrides)
     rows, failed = [], False
@@ -325,7 +325,7 @@ def models_list(config_file: Path | None, overrides: tuple[str, ...], models_dir
 def models_fetch(config_file: Path | None, overrides: tuple[str, ...], models_dir: Path | None,
                  to: Path | None) -> None:
     """Download (or copy from caches and offline packages) what the config needs."""
-    from .models import ModelError, fetch_models
+    from ..weights.resolve import ModelError, fetch_models
 
     config = _load(config_file, overrides)
     try:
@@ -344,8 +344,8 @@ def models_verify(config_file: Path | None, overrides: tuple[str, ...], models_d
     """Load each model and check that its weights are trained, not random.
 
     Exit 0 when all look trained, 1 when one looks untrained, 2 when one cannot be loaded."""
-    from .models import ModelError
-    from .verify import verify_models
+    from ..weights.resolve import ModelError
+    from ..weights.verify import verify_models
 
     config = _load(config_file, overrides)
     try:
@@ -364,7 +364,7 @@ def models_verify(config_file: Path | None, overrides: tuple[str, ...], models_d
     sys.exit(EXIT_OK if all(v.trained for v in verdicts) else EXIT_FAILED)
 
 
-from .train_cli import evaluate, fuse, train  # noqa: E402  (registered last: they import the library lazily)
+from .learn import evaluate, fuse, train  # noqa: E402  (registered last: they import the library lazily)
 
 main.add_command(train)
 main.add_command(evaluate)

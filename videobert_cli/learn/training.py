@@ -50,11 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .fusion import (CHECKPOINT_FORMAT, CrossModalFusion, FusionConfig, build_fusion, check_feature_models,
+from .. import __version__
+from ..fusion import (CHECKPOINT_FORMAT, CrossModalFusion, FusionConfig, build_fusion, check_feature_models,
                      checkpoint_config, feature_model_ids, load_weights, read_checkpoint, save_fusion)
-from .models import RANDOM, ModelError
-from .reader import FeatureError, FeatureSet, open_features
+from ..weights.resolve import RANDOM, ModelError
+from ..store.reader import FeatureError, FeatureSet, open_features
 
 CHECKPOINT_VERSION = 1
 # Extraction settings that do not change the stored features; all others go into the fingerprint.
@@ -113,8 +113,8 @@ class TrainConfig:
 
 def resolve_device(spec: str) -> torch.device:
     """The extractor's device rule (pipeline.resolve_device), reported as a TrainingError."""
-    from .models import ModelError
-    from .pipeline import resolve_device as resolve
+    from ..weights.resolve import ModelError
+    from ..extract.run import resolve_device as resolve
 
     try:
         return resolve(spec)

@@ -85,8 +85,8 @@ def train(features_dir: Path, out_path: Path, overwrite: bool, quiet: bool, **op
     training and validation; the best epoch by validation loss is written to -o with the feature
     models, the metrics and a fingerprint of the data. One JSON summary line goes to stdout.
     """
-    from .training import TrainConfig, TrainingError, TrainingFailed, open_corpus
-    from .training import train as run_training
+    from ..learn.training import TrainConfig, TrainingError, TrainingFailed, open_corpus
+    from ..learn.training import train as run_training
 
     if out_path.exists() and not overwrite:
         _fail(EXIT_USAGE, f"{out_path} exists; pass --overwrite to replace it, or choose another -o")
@@ -140,9 +140,9 @@ def evaluate(features_dir: Path, checkpoint: Path, max_clips: int, seed: int, de
     rank, alignment accuracy and ROC-AUC, for the trained weights, the untrained starting weights and
     chance.
     """
-    from .evaluation import evaluate as run_evaluation
-    from .evaluation import format_report
-    from .training import TrainingError
+    from ..learn.evaluation import evaluate as run_evaluation
+    from ..learn.evaluation import format_report
+    from ..learn.training import TrainingError
 
     try:
         report = run_evaluation(features_dir, checkpoint, device=device, max_clips=max_clips, seed=seed)
@@ -171,8 +171,8 @@ def fuse(features_dir: Path, checkpoint: Path, out_dir: Path, device: str, batch
     """
     from tqdm import tqdm
 
-    from .refuse import refuse_features
-    from .training import TrainingError
+    from ..learn.apply import refuse_features
+    from ..learn.training import TrainingError
 
     bar = tqdm(unit="clip", disable=not _show_progress(quiet), file=sys.stderr)
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import package_path
+from .resolve import package_path
 
 TRIPLETS = [
     ("A man is playing a guitar.", "Someone strums an acoustic instrument.", "A man is reading a newspaper."),
@@ -121,8 +121,8 @@ def verify_models(video_model: str, video_weights: str, text_model: str, models_
     from torchvision.models import get_model_weights
     from transformers import AutoModel, AutoTokenizer
 
-    from .encoders import load_backbone
-    from .models import resolve_text_model
+    from ..extract.encoders import load_backbone
+    from .resolve import resolve_text_model
 
     model, record, tv_weights = load_backbone(video_model, video_weights, models_root)
     meta = tv_weights or get_model_weights(video_model).DEFAULT

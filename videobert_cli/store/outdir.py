@@ -23,7 +23,7 @@ from typing import Any
 
 import h5py
 
-from .distribute import SINGLE, Part
+from ..extract.distribute import SINGLE, Part
 from .writer import TMP_SUFFIX, shard_number, shard_part_label, sorted_shards
 
 log = logging.getLogger(__name__)

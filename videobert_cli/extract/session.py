@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ExtractConfig
+from ..config import ExtractConfig
 from .distribute import Part
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
 
     from .discover import discover
     from .distribute import Group, SplitError, combine_summaries, device_for, file_size, take_part
-    from .models import ModelError
-    from .outdir import LockHeld, OutputDir
-    from .pipeline import Extractor, RunOptions, plan_cpu_split, resolve_device
+    from ..weights.resolve import ModelError
+    from ..store.outdir import LockHeld, OutputDir
+    from .run import Extractor, RunOptions, plan_cpu_split, resolve_device
     from .workers import DecodePool
 
     part = request.part
@@ -183,7 +183,7 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
 def _run(mine: list, problems: list, out: Any, extractor: Any, options: Any, on_video: Any, pool: Any,
          part: Part) -> dict:
     """run_extract, and this process's summary with its exit code."""
-    from .pipeline import OutputWriteError, run_extract
+    from .run import OutputWriteError, run_extract
 
     try:
         summary = run_extract(mine, problems, out, extractor, options, on_video=on_video, pool=pool).to_dict()
@@ -216,8 +216,8 @@ def check_same_setup(out: Any, extractor: Any) -> list[str]:
     then bf16 on a GPU), and features at bf16 and fp32 agree closely (cosine 0.99999 measured on
     ResNet-50, H200), so a change is accepted, but never silently: it is returned as a warning
     (logged, and in the run summary), and `info` and `validate` show the precisions per shard."""
-    from .models import ModelError
-    from .reader import PRECISION_NAMES, shard_precision
+    from ..weights.resolve import ModelError
+    from ..store.reader import PRECISION_NAMES, shard_precision
 
     existing = out.existing_attrs()
     if existing is None:

@@ -23,12 +23,12 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__
-from .fusion import FusionConfig, build_fusion, read_checkpoint
-from .models import ModelError
-from .reader import read_attrs
+from .. import __version__
+from ..fusion import FusionConfig, build_fusion, read_checkpoint
+from ..weights.resolve import ModelError
+from ..store.reader import read_attrs
 from .training import TrainingError, check_checkpoint_features, open_corpus, resolve_device
-from .writer import (SHARD_GLOB, TMP_SUFFIX, ShardWriter, VideoRecord, VideoResult, shard_number,
+from ..store.writer import (SHARD_GLOB, TMP_SUFFIX, ShardWriter, VideoRecord, VideoResult, shard_number,
                      shard_part_label)
 
 

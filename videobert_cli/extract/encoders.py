@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import ModelError, ModelRecord, resolve_text_model, resolve_video_weights
+from ..weights.resolve import ModelError, ModelRecord, resolve_text_model, resolve_video_weights
 
 log = logging.getLogger(__name__)
 

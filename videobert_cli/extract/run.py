@@ -24,16 +24,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import __version__
-from .config import ExtractConfig
+from .. import __version__
+from ..config import ExtractConfig
 from .discover import InputProblem, VideoInput
 from .encoders import ImageEncoder, TextEncoder, WordTokens
-from .fusion import FusionConfig, build_fusion
-from .models import ModelError
-from .outdir import OutputDir
+from ..fusion import FusionConfig, build_fusion
+from ..weights.resolve import ModelError
+from ..store.outdir import OutputDir
 from .planning import ClipPlan, Word
 from .workers import Chunk, DecodePool, Failed, Header, VideoTask
-from .writer import ShardWriter, VideoRecord, VideoResult
+from ..store.writer import ShardWriter, VideoRecord, VideoResult
 
 log = logging.getLogger(__name__)
 

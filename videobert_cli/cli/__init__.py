@@ -1,0 +1,5 @@
+"""The command line: click commands that parse options, call the library and print results."""
+
+from .main import main
+
+__all__ = ["main"]

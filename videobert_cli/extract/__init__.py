@@ -1,0 +1,1 @@
+"""Extraction: discover inputs -> plan clips -> decode -> encode -> fuse -> hand rows to the store."""

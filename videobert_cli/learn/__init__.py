@@ -1,0 +1,1 @@
+"""Learning the fusion on stored features: corpus, training, evaluation, applying a checkpoint."""
