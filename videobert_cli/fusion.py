@@ -100,6 +100,23 @@ CHECKPOINT_FORMAT = "videobert-fusion"
 FEATURE_ROLES = ("video", "text")
 
 
+def pad_tokens(sequences: list[Any], width: int, min_length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token feature sequences ((k_i, width) tensors or arrays; None = no tokens) -> the fusion's text input:
+    (n, longest, width) float zero-padded and the (n, longest) bool mask of real tokens.
+
+    The one place padding is done, so extract, fuse, train and evaluate feed the fusion alike.
+    `min_length` keeps at least that many columns (attention over zero keys has no softmax)."""
+    lengths = [0 if s is None else len(s) for s in sequences]
+    longest = max([min_length, *lengths])
+    padded = torch.zeros(len(sequences), longest, width)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.bool)
+    for row, (seq, k) in enumerate(zip(sequences, lengths)):
+        if k:
+            padded[row, :k] = torch.as_tensor(seq, dtype=torch.float32)
+            mask[row, :k] = True
+    return padded, mask
+
+
 def feature_model_ids(models: Iterable[ModelRecord | Mapping[str, Any]]) -> list[dict[str, str]]:
     """role, name and weights sha256 of the video and text models (what a fusion is trained on)."""
     out = []

@@ -28,7 +28,7 @@ from .. import __version__
 from ..config import ExtractConfig
 from .discover import InputProblem, VideoInput
 from .encoders import ImageEncoder, TextEncoder, WordTokens
-from ..fusion import FusionConfig, build_fusion
+from ..fusion import FusionConfig, build_fusion, pad_tokens
 from ..weights.resolve import ModelError
 from ..store.outdir import OutputDir
 from .planning import ClipPlan, Word
@@ -86,13 +86,17 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def library_versions() -> dict[str, str]:
-    import decord
-    import h5py
-    import torchvision
-    import transformers
+    """Installed versions of what shapes the output (read from package metadata: no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"videobert": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "transformers": transformers.__version__, "decord": decord.__version__, "h5py": h5py.__version__,
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"videobert": __version__, "torch": torch.__version__, "torchvision": installed("torchvision"),
+            "transformers": installed("transformers"), "decord": installed("decord2"), "h5py": installed("h5py"),
             "python": sys.version.split()[0]}
 
 
@@ -210,12 +214,7 @@ class Extractor:
         batch = max(1, self.config.batch_size // self.config.frames_per_clip)
         for i in range(0, n, batch):
             sl = slice(i, min(i + batch, n))
-            longest = int(counts[sl].max()) if n else 0
-            padded = torch.zeros(sl.stop - sl.start, longest, d_txt)
-            mask = torch.zeros(sl.stop - sl.start, longest, dtype=torch.bool)
-            for row, tok in enumerate(tokens[sl]):
-                padded[row, : len(tok.ids)] = tok.features
-                mask[row, : len(tok.ids)] = True
+            padded, mask = pad_tokens([tok.features for tok in tokens[sl]], d_txt)
             out, _ = self.fusion(frame_features[sl].to(self.device), padded.to(self.device), mask.to(self.device))
             fused[sl] = out.float().cpu()
             m = mask.unsqueeze(-1).float()

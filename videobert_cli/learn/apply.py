@@ -19,14 +19,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import h5py
 import numpy as np
 import torch
 
 from .. import __version__
-from ..fusion import FusionConfig, build_fusion, read_checkpoint
+from ..fusion import FusionConfig, build_fusion, pad_tokens, read_checkpoint
 from ..weights.resolve import ModelError
-from ..store.reader import read_attrs
+from ..store.reader import read_shard
 from .training import TrainingError, check_checkpoint_features, open_corpus, resolve_device
 from ..store.writer import (SHARD_GLOB, TMP_SUFFIX, ShardWriter, VideoRecord, VideoResult, shard_number,
                      shard_part_label)
@@ -57,27 +56,12 @@ def fuse_clips(module: torch.nn.Module, frames: np.ndarray, tokens: np.ndarray, 
     out = np.zeros((n, module.config.dim), dtype=np.float32)
     for s in range(0, n, batch_size):
         rows = range(s, min(s + batch_size, n))
-        longest = int(token_count[s : rows.stop].max()) if n else 0
-        padded = torch.zeros(len(rows), longest, tokens.shape[1])
-        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-        for k, i in enumerate(rows):
-            c, t0 = int(token_count[i]), int(token_start[i])
-            padded[k, :c] = torch.from_numpy(tokens[t0 : t0 + c].astype(np.float32))
-            mask[k, :c] = True
+        padded, mask = pad_tokens([tokens[token_start[i] : token_start[i] + token_count[i]] for i in rows],
+                                  tokens.shape[1])
         batch = torch.from_numpy(frames[s : rows.stop].astype(np.float32))
         fused, _ = module(batch.to(device), padded.to(device), mask.to(device))
         out[s : rows.stop] = fused.float().cpu().numpy()
     return out
-
-
-def _read_shard(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    with h5py.File(path, "r") as f:
-        attrs = read_attrs(f)
-        clips = {k: f["clips"][k][()] for k in f["clips"]}
-        clips["token_features"] = f["tokens/features"][()]
-        clips["token_ids"] = f["tokens/ids"][()]
-        videos = {k: f["videos"][k][()] for k in f["videos"]}
-    return attrs, clips, videos
 
 
 def _results(clips: dict[str, np.ndarray], videos: dict[str, np.ndarray], fused: np.ndarray) -> list[VideoResult]:
@@ -137,7 +121,7 @@ def refuse_features(features_dir: str | Path, checkpoint: str | Path, out_dir: s
     started = dt.datetime.now()
     shards, clips_done = [], 0
     for shard in sorted({s.path for s in corpus.features.shards}):
-        attrs, clips, videos = _read_shard(shard)
+        attrs, clips, videos = read_shard(shard)
         fused = fuse_clips(module, clips["frame_features"], clips["token_features"], clips["token_start"],
                            clips["token_count"], torch_device, batch_size)
         writer = ShardWriter(out_dir, _new_attrs(attrs, record, module.config, checkpoint),

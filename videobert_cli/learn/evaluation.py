@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..fusion import pad_tokens
 from .training import (Corpus, FusionAligner, TrainingError, _read, load_trained, open_corpus, resolve_device,
                        text_key)
 
@@ -190,12 +191,7 @@ def evaluate(features_dir: str | Path, checkpoint: str | Path, *, device: str = 
     items = [_read(corpus.features, int(c)) for c in clips]
     keys = np.array([text_key(i["ids"]) for i in items], dtype=np.int64)
     frames = torch.from_numpy(np.stack([i["frames"] for i in items]))
-    longest = max(len(i["tokens"]) for i in items)
-    tokens = torch.zeros(len(items), longest, items[0]["tokens"].shape[1])
-    token_mask = torch.zeros(len(items), longest, dtype=torch.bool)
-    for row, item in enumerate(items):
-        tokens[row, : len(item["tokens"])] = torch.from_numpy(item["tokens"])
-        token_mask[row, : len(item["tokens"])] = True
+    tokens, token_mask = pad_tokens([i["tokens"] for i in items], items[0]["tokens"].shape[1])
     relevant = keys[:, None] == keys[None, :]
     clip_video = corpus.clip_video[clips]
     share = float(loaded.blob["training"]["config"].get("same_video_negatives", 0.5))

@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,9 +51,9 @@ from torch import nn
 
 from .. import __version__
 from ..fusion import (CHECKPOINT_FORMAT, CrossModalFusion, FusionConfig, build_fusion, check_feature_models,
-                     checkpoint_config, feature_model_ids, load_weights, read_checkpoint, save_fusion)
+                     checkpoint_config, feature_model_ids, load_weights, pad_tokens, read_checkpoint, save_fusion)
 from ..weights.resolve import RANDOM, ModelError
-from ..store.reader import FeatureError, FeatureSet, open_features
+from ..store.reader import FeatureError, FeatureSet, open_features, saved_extras
 
 CHECKPOINT_VERSION = 1
 # Extraction settings that do not change the stored features; all others go into the fingerprint.
@@ -178,11 +177,10 @@ def open_corpus(features_dir: str | Path) -> Corpus:
         raise TrainingError(str(exc)) from None
     missing = []
     for shard in features.shards:
-        with h5py.File(shard.path, "r") as f:
-            if "frame_features" not in f["clips"] and "--save-frames" not in missing:
-                missing.append("--save-frames")
-            if "tokens" not in f and "--save-tokens" not in missing:
-                missing.append("--save-tokens")
+        extras = saved_extras(shard.path)
+        for extra, flag in (("frames", "--save-frames"), ("tokens", "--save-tokens")):
+            if extra not in extras and flag not in missing:
+                missing.append(flag)
     if missing:
         raise TrainingError(
             f"{features_dir}: the shards lack per-frame and/or per-token features; extract again with "
@@ -323,21 +321,10 @@ class PairDataset(torch.utils.data.Dataset):
         return item
 
 
-def _pad(arrays: list[np.ndarray | None], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max([len(a) for a in arrays if a is not None] + [1])
-    out = torch.zeros(len(arrays), longest, width)
-    mask = torch.zeros(len(arrays), longest, dtype=torch.bool)
-    for row, a in enumerate(arrays):
-        if a is not None and len(a):
-            out[row, : len(a)] = torch.from_numpy(a)
-            mask[row, : len(a)] = True
-    return out, mask
-
-
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     width = items[0]["tokens"].shape[1]
-    tokens, token_mask = _pad([i["tokens"] for i in items], width)
-    neg, neg_mask = _pad([i["neg_tokens"] for i in items], width)
+    tokens, token_mask = pad_tokens([i["tokens"] for i in items], width, min_length=1)
+    neg, neg_mask = pad_tokens([i["neg_tokens"] for i in items], width, min_length=1)
     return {
         "frames": torch.from_numpy(np.stack([i["frames"] for i in items])),
         "tokens": tokens, "token_mask": token_mask, "neg_tokens": neg, "neg_mask": neg_mask,

@@ -72,6 +72,25 @@ def describe_precisions(counts: dict[str, int]) -> str:
     return ", ".join(f"{p} ({n} shard{'s' if n != 1 else ''})" for p, n in counts.items())
 
 
+def read_shard(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One whole shard in memory: (attributes, clip columns incl. token_features/token_ids, video columns)."""
+    with h5py.File(path, "r") as f:
+        attrs = read_attrs(f)
+        clips = {k: f["clips"][k][()] for k in f["clips"]}
+        if "tokens" in f:
+            clips["token_features"] = f["tokens/features"][()]
+            clips["token_ids"] = f["tokens/ids"][()]
+        videos = {k: f["videos"][k][()] for k in f["videos"]}
+    return attrs, clips, videos
+
+
+def saved_extras(path: Path) -> set[str]:
+    """What a shard holds beyond the pooled features: "frames" (--save-frames), "tokens" (--save-tokens)."""
+    with h5py.File(path, "r") as f:
+        return {name for name, present in (("frames", "frame_features" in f["clips"]), ("tokens", "tokens" in f))
+                if present}
+
+
 @dataclass(frozen=True)
 class ShardIndex:
     path: Path
