@@ -18,7 +18,8 @@ from media import write_video
 from videobert_cli import open_features
 from videobert_cli.cli.main import main
 from videobert_cli.extract.discover import discover
-from videobert_cli.extract.distribute import Part, SplitError, combine_summaries, device_for, resolve_part, split_by_size
+from videobert_cli.extract.distribute import SplitError, combine_summaries, device_for, resolve_part, split_by_size
+from videobert_cli.store.outdir import Part
 from videobert_cli.store.outdir import LockHeld, OutputDir
 from videobert_cli.extract.session import combined_exit
 from videobert_cli.store.validate import validate

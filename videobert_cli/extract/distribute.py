@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+from ..store.outdir import SINGLE, Part
 
 # A rank that finishes its part waits here for the slowest one (the split balances bytes,
 # not decode time); a dead rank is noticed by torchrun, which stops the others.
@@ -29,32 +30,6 @@ COLLECTIVE_TIMEOUT = dt.timedelta(hours=24)
 
 class SplitError(ValueError):
     """The split options or environment do not describe a valid part."""
-
-
-@dataclass(frozen=True)
-class Part:
-    index: int
-    count: int
-    source: str  # "single", "torchrun", "--num-shards", "slurm array"
-    local_rank: int = 0  # torchrun's LOCAL_RANK: the GPU this rank uses
-
-    @property
-    def split(self) -> bool:
-        return self.count > 1
-
-    @property
-    def torchrun(self) -> bool:
-        return self.source == "torchrun" and self.count > 1
-
-    @property
-    def label(self) -> str:
-        return f"r{self.index:03d}"
-
-    def describe(self) -> str:
-        return f"part {self.index} of {self.count} from {self.source}" if self.split else "one part"
-
-
-SINGLE = Part(0, 1, "single")
 
 
 def _int(environ: Mapping[str, str], name: str) -> int | None:

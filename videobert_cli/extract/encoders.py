@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..weights.resolve import ModelError, ModelRecord, resolve_text_model, resolve_video_weights
+from ..weights.resolve import ModelError, load_backbone, resolve_text_model
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +29,6 @@ def _strip_classifier(model: nn.Module) -> None:
             setattr(model, attr, nn.Identity())
             return
     raise ModelError(f"{type(model).__name__}: no classifier head ({', '.join(_HEAD_ATTRS)}) to remove")
-
-
-def load_backbone(model_name: str, weights: str, models_root: Path | None = None) -> tuple[nn.Module, ModelRecord, Any]:
-    """The torchvision model with its weights (classifier still on), provenance, torchvision weights or None."""
-    from torchvision.models import get_model
-
-    state, record, tv_weights = resolve_video_weights(model_name, weights, models_root)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # `random` weights are the same in every run, so resumed runs match
-        model = get_model(model_name, weights=None)
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ModelError(f"{record.source}: does not fit {model_name} ({first})") from None
-    return model.eval(), record, tv_weights
 
 
 def resize_crop(frames: np.ndarray, resize_size: int, crop_size: int) -> torch.Tensor:

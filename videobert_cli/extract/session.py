@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ExtractConfig
-from .distribute import Part
+from ..store.outdir import Part
 
 log = logging.getLogger(__name__)
 

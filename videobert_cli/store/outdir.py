@@ -23,7 +23,6 @@ from typing import Any
 
 import h5py
 
-from ..extract.distribute import SINGLE, Part
 from .writer import TMP_SUFFIX, shard_number, shard_part_label, sorted_shards
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,32 @@ LOCK_NAME = ".videobert.lock"
 FAILURE_LOG = "failures.jsonl"
 FAILURE_LOGS = "failures*.jsonl"  # failures.jsonl, and failures-rIII.jsonl per part of split runs
 STAGES = ("probe", "decode", "transcript", "encode", "write")
+
+# Which part of the work this process owns; its files and locks are named after it.
+@dataclass(frozen=True)
+class Part:
+    index: int
+    count: int
+    source: str  # "single", "torchrun", "--num-shards", "slurm array"
+    local_rank: int = 0  # torchrun's LOCAL_RANK: the GPU this rank uses
+
+    @property
+    def split(self) -> bool:
+        return self.count > 1
+
+    @property
+    def torchrun(self) -> bool:
+        return self.source == "torchrun" and self.count > 1
+
+    @property
+    def label(self) -> str:
+        return f"r{self.index:03d}"
+
+    def describe(self) -> str:
+        return f"part {self.index} of {self.count} from {self.source}" if self.split else "one part"
+
+
+SINGLE = Part(0, 1, "single")
 
 
 class LockHeld(RuntimeError):

@@ -27,7 +27,10 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 RANDOM = "random"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -210,6 +213,25 @@ def resolve_video_weights(model_name: str, spec: str,
     label = f"{type(weights).__name__}.{weights.name}" if weights is not None else spec
     record = ModelRecord("video", model_name, label, str(path.resolve()), digest, path.stat().st_size)
     return load_state_dict(path), record, weights
+
+
+def load_backbone(model_name: str, weights: str,
+                  models_root: Path | None = None) -> tuple["torch.nn.Module", ModelRecord, Any]:
+    """The torchvision model with its weights (classifier still on), provenance, torchvision weights or None."""
+    import torch
+    from torchvision.models import get_model
+
+    state, record, tv_weights = resolve_video_weights(model_name, weights, models_root)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # `random` weights are the same in every run, so resumed runs match
+        model = get_model(model_name, weights=None)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"{record.source}: does not fit {model_name} ({first})") from None
+    return model.eval(), record, tv_weights
 
 
 def text_weights_file(folder: Path) -> Path:

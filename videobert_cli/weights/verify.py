@@ -121,7 +121,7 @@ def verify_models(video_model: str, video_weights: str, text_model: str, models_
     from torchvision.models import get_model_weights
     from transformers import AutoModel, AutoTokenizer
 
-    from ..extract.encoders import load_backbone
+    from .resolve import load_backbone
     from .resolve import resolve_text_model
 
     model, record, tv_weights = load_backbone(video_model, video_weights, models_root)
