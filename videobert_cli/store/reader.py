@@ -23,8 +23,8 @@ import torch.utils.data
 
 from .schema import (ABSPATH, CLIP_COUNT, CLIP_VIDEO, CLIPS, END, FIRST_CLIP, FRAME_FEATURES, FRAME_INDICES,
                      FRAME_TIMES, FUSED, HAS_TEXT, JSON_ATTRS, PATH, SCHEMA_VERSION, SCHEMA_VERSION_ATTR, SHARD_GLOB,
-                     START, TEXT, TEXT_FEATURES, TOKEN_COLUMNS, TOKEN_COUNT, TOKEN_START, TOKENS, VIDEO_FEATURES,
-                     VIDEOS, WARNINGS, sorted_shards)
+                     START, TEXT, TEXT_FEATURES, TOKEN_COLUMNS, TOKEN_COUNT, TOKEN_START, TOKENS, VIDEO_COLUMNS,
+                     VIDEO_FEATURES, VIDEOS, WARNINGS, sorted_shards)
 
 # What `FeatureSet.clip` returns by default; "tokens" (and "frame_features") also ask for the saved extras.
 CLIP_FIELDS = tuple(c.name for c in (FUSED, VIDEO_FEATURES, TEXT_FEATURES, START, END, FRAME_TIMES, FRAME_INDICES,
@@ -119,13 +119,8 @@ class FeatureSet:
         tables: list[list[dict[str, Any]]] = []
         newest: dict[str, tuple[int, int]] = {}  # abspath -> (shard number, row)
         for number, path in enumerate(paths):
-            with h5py.File(path, "r") as f:
-                attrs = read_attrs(f)
-                if attrs.get(SCHEMA_VERSION_ATTR) != SCHEMA_VERSION:
-                    raise FeatureError(f"{path}: schema version {attrs.get(SCHEMA_VERSION_ATTR)}, "
-                                       f"this reader knows {SCHEMA_VERSION}")
-                self.attrs.append(attrs)
-                columns = {k: f[VIDEOS][k][()] for k in f[VIDEOS]}
+            attrs, columns = _read_video_table(path)
+            self.attrs.append(attrs)
             rows = []
             for row in range(len(columns[PATH.name])):
                 video = {k: _plain(v[row]) for k, v in columns.items()}
@@ -247,6 +242,23 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.features.clip(index, self.fields)
         return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+
+
+def _read_video_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A shard's attributes and videos table; FeatureError naming the shard when it is not one this reader
+    can use (h5py's own errors on a damaged file do not name it)."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+            if attrs.get(SCHEMA_VERSION_ATTR) != SCHEMA_VERSION:
+                raise FeatureError(f"{path}: schema version {attrs.get(SCHEMA_VERSION_ATTR)}, "
+                                   f"this reader knows {SCHEMA_VERSION}")
+            missing = [c.path for c in VIDEO_COLUMNS if c.path not in f]
+            if missing:
+                raise FeatureError(f"{path}: datasets missing: {', '.join(missing)}")
+            return attrs, {k: f[VIDEOS][k][()] for k in f[VIDEOS]}
+    except OSError as exc:
+        raise FeatureError(f"{path}: cannot be read ({exc})") from None
 
 
 def _plain(value: Any) -> Any:
