@@ -26,9 +26,9 @@ from .. import __version__
 from ..fusion import FusionConfig, build_fusion, pad_tokens, read_checkpoint
 from ..weights.resolve import ModelError
 from ..store.reader import read_shard
+from ..store.schema import SHARD_GLOB, TMP_SUFFIX, shard_number, shard_part_label
+from ..store.writer import ShardWriter, VideoRecord, VideoResult
 from .training import TrainingError, check_checkpoint_features, open_corpus, resolve_device
-from ..store.writer import (SHARD_GLOB, TMP_SUFFIX, ShardWriter, VideoRecord, VideoResult, shard_number,
-                     shard_part_label)
 
 
 def prepare_output(out_dir: Path, features_dir: Path, overwrite: bool) -> None:

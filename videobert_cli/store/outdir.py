@@ -23,7 +23,7 @@ from typing import Any
 
 import h5py
 
-from .writer import TMP_SUFFIX, shard_number, shard_part_label, sorted_shards
+from .schema import ABSPATH, CLIP_COUNT, MTIME, SIZE, TMP_SUFFIX, shard_number, shard_part_label, sorted_shards
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,8 @@ class OutputDir:
         done: dict[str, DoneVideo] = {}
         for shard in sorted_shards(self.path):
             with h5py.File(shard, "r") as f:
-                videos = f["videos"]
-                for abspath, size, mtime, count in zip(videos["abspath"].asstr()[()], videos["size"][()],
-                                                       videos["mtime"][()], videos["clip_count"][()]):
+                for abspath, size, mtime, count in zip(f[ABSPATH.path].asstr()[()], f[SIZE.path][()],
+                                                       f[MTIME.path][()], f[CLIP_COUNT.path][()]):
                     done[abspath] = DoneVideo(abspath, int(size), float(mtime), shard.name, int(count))
         return done
 

@@ -21,11 +21,14 @@ import h5py
 import numpy as np
 import torch.utils.data
 
-from .writer import SCHEMA_VERSION, SHARD_GLOB, sorted_shards
+from .schema import (ABSPATH, CLIP_COUNT, CLIP_VIDEO, CLIPS, END, FIRST_CLIP, FRAME_FEATURES, FRAME_INDICES,
+                     FRAME_TIMES, FUSED, HAS_TEXT, JSON_ATTRS, PATH, SCHEMA_VERSION, SCHEMA_VERSION_ATTR, SHARD_GLOB,
+                     START, TEXT, TEXT_FEATURES, TOKEN_COLUMNS, TOKEN_COUNT, TOKEN_START, TOKENS, VIDEO_COLUMNS,
+                     VIDEO_FEATURES, VIDEOS, WARNINGS, sorted_shards)
 
-CLIP_FIELDS = ("fused", "video_features", "text_features", "start", "end", "frame_times", "frame_indices",
-               "text", "has_text", "token_count")
-JSON_ATTRS = ("config", "models", "dims", "versions", "preprocess", "execution")
+# What `FeatureSet.clip` returns by default; "tokens" (and "frame_features") also ask for the saved extras.
+CLIP_FIELDS = tuple(c.name for c in (FUSED, VIDEO_FEATURES, TEXT_FEATURES, START, END, FRAME_TIMES, FRAME_INDICES,
+                                     TEXT, HAS_TEXT, TOKEN_COUNT))
 # The autocast dtype a shard records (execution.precision), by its --precision name.
 PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -76,19 +79,17 @@ def read_shard(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[
     """One whole shard in memory: (attributes, clip columns incl. token_features/token_ids, video columns)."""
     with h5py.File(path, "r") as f:
         attrs = read_attrs(f)
-        clips = {k: f["clips"][k][()] for k in f["clips"]}
-        if "tokens" in f:
-            clips["token_features"] = f["tokens/features"][()]
-            clips["token_ids"] = f["tokens/ids"][()]
-        videos = {k: f["videos"][k][()] for k in f["videos"]}
+        clips = {k: f[CLIPS][k][()] for k in f[CLIPS]}
+        if TOKENS in f:
+            clips.update({c.key: f[c.path][()] for c in TOKEN_COLUMNS})
+        videos = {k: f[VIDEOS][k][()] for k in f[VIDEOS]}
     return attrs, clips, videos
 
 
 def saved_extras(path: Path) -> set[str]:
     """What a shard holds beyond the pooled features: "frames" (--save-frames), "tokens" (--save-tokens)."""
     with h5py.File(path, "r") as f:
-        return {name for name, present in (("frames", "frame_features" in f["clips"]), ("tokens", "tokens" in f))
-                if present}
+        return {name for name, present in (("frames", FRAME_FEATURES.path in f), ("tokens", TOKENS in f)) if present}
 
 
 @dataclass(frozen=True)
@@ -118,20 +119,15 @@ class FeatureSet:
         tables: list[list[dict[str, Any]]] = []
         newest: dict[str, tuple[int, int]] = {}  # abspath -> (shard number, row)
         for number, path in enumerate(paths):
-            with h5py.File(path, "r") as f:
-                attrs = read_attrs(f)
-                if attrs.get("schema_version") != SCHEMA_VERSION:
-                    raise FeatureError(f"{path}: schema version {attrs.get('schema_version')}, "
-                                       f"this reader knows {SCHEMA_VERSION}")
-                self.attrs.append(attrs)
-                columns = {k: f["videos"][k][()] for k in f["videos"]}
+            attrs, columns = _read_video_table(path)
+            self.attrs.append(attrs)
             rows = []
-            for row in range(len(columns["path"])):
+            for row in range(len(columns[PATH.name])):
                 video = {k: _plain(v[row]) for k, v in columns.items()}
-                video["warnings"] = json.loads(video["warnings"])
+                video[WARNINGS.name] = json.loads(video[WARNINGS.name])
                 video["shard"] = str(path)
                 rows.append(video)
-                newest[video["abspath"]] = (number, row)
+                newest[video[ABSPATH.name]] = (number, row)
             tables.append(rows)
 
         self.shards: list[ShardIndex] = []
@@ -143,12 +139,12 @@ class FeatureSet:
             video_map = np.full(len(rows), -1, dtype=np.int64)
             first = total
             for row, video in enumerate(rows):
-                local = np.arange(video["first_clip"], video["first_clip"] + video["clip_count"])
-                if newest[video["abspath"]] != (number, row):
+                local = np.arange(video[FIRST_CLIP.name], video[FIRST_CLIP.name] + video[CLIP_COUNT.name])
+                if newest[video[ABSPATH.name]] != (number, row):
                     self.superseded.append(video)
                     continue
                 video_map[row] = len(self.videos)
-                video["first_clip"] = total + sum(len(r) for r in live_rows)  # global live clip index
+                video[FIRST_CLIP.name] = total + sum(len(r) for r in live_rows)  # global live clip index
                 live_rows.append(local)
                 self.videos.append(video)
             rows_array = np.concatenate(live_rows) if live_rows else np.zeros(0, dtype=np.int64)
@@ -179,15 +175,15 @@ class FeatureSet:
         """One clip's fields, plus `video` (its index in `videos`) and, when saved, frames/tokens."""
         shard, row = self._locate(index)
         f = self._file(shard.path)
-        clips = f["clips"]
+        clips = f[CLIPS]
         item: dict[str, Any] = {name: _plain(clips[name][row]) for name in fields if name in clips}
-        item["video"] = int(shard.video_map[int(clips["video"][row])])
-        if "frame_features" in clips and "frame_features" in fields:
-            item["frame_features"] = clips["frame_features"][row]
-        if "tokens" in f and "tokens" in fields:
-            start, count = int(clips["token_start"][row]), int(clips["token_count"][row])
-            item["token_features"] = f["tokens/features"][start : start + count]
-            item["token_ids"] = f["tokens/ids"][start : start + count]
+        item[CLIP_VIDEO.name] = int(shard.video_map[int(clips[CLIP_VIDEO.name][row])])
+        if FRAME_FEATURES.name in clips and FRAME_FEATURES.name in fields:
+            item[FRAME_FEATURES.key] = clips[FRAME_FEATURES.name][row]
+        if TOKENS in f and TOKENS in fields:
+            start, count = int(clips[TOKEN_START.name][row]), int(clips[TOKEN_COUNT.name][row])
+            for column in TOKEN_COLUMNS:
+                item[column.key] = f[column.path][start : start + count]
         return item
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -196,7 +192,7 @@ class FeatureSet:
 
     def array(self, name: str) -> np.ndarray:
         """One clip field over every shard, concatenated (fits-in-RAM use)."""
-        parts = [self._file(s.path)["clips"][name][()][s.rows] for s in self.shards]
+        parts = [self._file(s.path)[CLIPS][name][()][s.rows] for s in self.shards]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def describe(self) -> dict[str, Any]:
@@ -205,12 +201,12 @@ class FeatureSet:
         configs = {json.dumps(a.get("config"), sort_keys=True) for a in self.attrs}
         return {
             "out_dir": str(self.out_dir),
-            "schema_version": first.get("schema_version"),
+            "schema_version": first.get(SCHEMA_VERSION_ATTR),
             "shards": [str(s.path) for s in self.shards],
             "videos": len(self.videos),
             "superseded_videos": len(self.superseded),
             "clips": self.num_clips,
-            "clips_with_text": int(self.array("has_text").sum()),
+            "clips_with_text": int(self.array(HAS_TEXT.name).sum()),
             "video_seconds": round(sum(v["duration"] for v in self.videos), 3),
             "dims": first.get("dims"),
             "feature_dtype": first.get("feature_dtype"),
@@ -246,6 +242,23 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.features.clip(index, self.fields)
         return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+
+
+def _read_video_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A shard's attributes and videos table; FeatureError naming the shard when it is not one this reader
+    can use (h5py's own errors on a damaged file do not name it)."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+            if attrs.get(SCHEMA_VERSION_ATTR) != SCHEMA_VERSION:
+                raise FeatureError(f"{path}: schema version {attrs.get(SCHEMA_VERSION_ATTR)}, "
+                                   f"this reader knows {SCHEMA_VERSION}")
+            missing = [c.path for c in VIDEO_COLUMNS if c.path not in f]
+            if missing:
+                raise FeatureError(f"{path}: datasets missing: {', '.join(missing)}")
+            return attrs, {k: f[VIDEOS][k][()] for k in f[VIDEOS]}
+    except OSError as exc:
+        raise FeatureError(f"{path}: cannot be read ({exc})") from None
 
 
 def _plain(value: Any) -> Any:

@@ -10,17 +10,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import schema
 from .outdir import OutputDir
-from .writer import sorted_shards
 from .reader import describe_precisions, read_attrs, shard_precision
-from .writer import SCHEMA_VERSION, TMP_SUFFIX
+from .schema import (ABSPATH, CLIP_COUNT, CLIP_VIDEO, CLIPS, END, FIRST_CLIP, HAS_TEXT, MTIME, PATH, SCHEMA_VERSION,
+                     SCHEMA_VERSION_ATTR, SIZE, START, TMP_SUFFIX, TOKEN_COUNT, TOKEN_FEATURES, TOKEN_IDS, TOKENS,
+                     VIDEOS, WARNINGS, sorted_shards)
 
-FEATURES = ("fused", "video_features", "text_features", "frame_features")
-PER_CLIP = ("start", "end", "frame_times", "frame_indices", "text", "has_text", "video", "token_count",
-            "token_start", *FEATURES)
-REQUIRED_CLIPS = ("fused", "video_features", "text_features", "start", "end", "frame_times", "frame_indices",
-                  "text", "has_text", "video", "token_count", "token_start")
-REQUIRED_VIDEOS = ("path", "abspath", "size", "mtime", "duration", "first_clip", "clip_count", "warnings")
 CHUNK = 4096  # rows read at a time when scanning features for NaN/Inf
 
 
@@ -91,69 +87,66 @@ def _check_shard(path: Path, report: Report) -> list[tuple[str, int, float]]:
     problems = report.problems
     with h5py.File(path, "r") as f:
         attrs = read_attrs(f)
-        if attrs.get("schema_version") != SCHEMA_VERSION:
-            problems.append(f"{name}: schema version {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        if attrs.get(SCHEMA_VERSION_ATTR) != SCHEMA_VERSION:
+            problems.append(f"{name}: schema version {attrs.get(SCHEMA_VERSION_ATTR)!r}, expected {SCHEMA_VERSION}")
             return []
         precision = shard_precision(attrs)
         report.precision[precision] = report.precision.get(precision, 0) + 1
-        for key in ("config", "models", "dims", "created_utc", "tool_version", "versions"):
+        for key in schema.REQUIRED_ATTRS:
             if key not in attrs:
                 problems.append(f"{name}: attribute {key!r} missing")
-        clips, videos = f["clips"], f["videos"]
-        missing = [k for k in REQUIRED_CLIPS if k not in clips] + [f"videos/{k}" for k in REQUIRED_VIDEOS
-                                                                    if k not in videos]
+        missing = [c.path for c in (*schema.CLIP_COLUMNS, *schema.VIDEO_COLUMNS) if c.path not in f]
         if missing:
             problems.append(f"{name}: datasets missing: {', '.join(missing)}")
             return []
-        n = clips["start"].shape[0]
+        clips, videos = f[CLIPS], f[VIDEOS]
+        n = clips[START.name].shape[0]
         report.clips += n
-        for key in PER_CLIP:
-            if key in clips and clips[key].shape[0] != n:
-                problems.append(f"{name}: clips/{key} has {clips[key].shape[0]} rows, clips/start has {n}")
-        dims = attrs.get("dims", {})
-        frames = attrs.get("config", {}).get("frames_per_clip")
-        expected = {"fused": (dims.get("fused"),), "video_features": (dims.get("video"),),
-                    "text_features": (dims.get("text"),), "frame_features": (frames, dims.get("video")),
-                    "frame_times": (frames,), "frame_indices": (frames,)}
-        for key, tail in expected.items():
-            if key in clips and tuple(clips[key].shape[1:]) != tail:
-                problems.append(f"{name}: clips/{key} has shape {clips[key].shape}, expected (N, "
-                                f"{', '.join(map(str, tail))})")
-        for key in FEATURES:
-            if key in clips:
-                _check_finite(clips[key], f"{name}: clips/{key}", problems)
-        if "tokens" in f:
-            _check_finite(f["tokens/features"], f"{name}: tokens/features", problems)
-            total_tokens = int(np.sum(clips["token_count"][()], dtype=np.int64))
-            if f["tokens/features"].shape[0] != total_tokens or f["tokens/ids"].shape[0] != total_tokens:
-                problems.append(f"{name}: tokens hold {f['tokens/features'].shape[0]} rows, token_count sums to "
-                                f"{total_tokens}")
-        start, end = clips["start"][()], clips["end"][()]
+        sizes = schema.sizes(attrs)
+        for column in (*schema.CLIP_COLUMNS, *schema.FRAME_COLUMNS):
+            if column.path not in f:
+                continue
+            dataset = f[column.path]
+            if dataset.shape[0] != n:
+                problems.append(f"{name}: {column.path} has {dataset.shape[0]} rows, {START.path} has {n}")
+            tail = column.tail(sizes)
+            if tuple(dataset.shape[1:]) != tail:
+                problems.append(f"{name}: {column.path} has shape {dataset.shape}, expected (N"
+                                f"{''.join(f', {size}' for size in tail)})")
+        for column in schema.FEATURE_COLUMNS:
+            if column.path in f:
+                _check_finite(f[column.path], f"{name}: {column.path}", problems)
+        if TOKENS in f:
+            total_tokens = int(np.sum(clips[TOKEN_COUNT.name][()], dtype=np.int64))
+            rows = f[TOKEN_FEATURES.path].shape[0]
+            if rows != total_tokens or f[TOKEN_IDS.path].shape[0] != total_tokens:
+                problems.append(f"{name}: tokens hold {rows} rows, token_count sums to {total_tokens}")
+        start, end = clips[START.name][()], clips[END.name][()]
         if np.any(end < start):
             problems.append(f"{name}: {int(np.sum(end < start))} clip(s) end before they start")
-        if not np.array_equal(clips["has_text"][()], clips["token_count"][()] > 0):
+        if not np.array_equal(clips[HAS_TEXT.name][()], clips[TOKEN_COUNT.name][()] > 0):
             problems.append(f"{name}: has_text disagrees with token_count")
 
-        counts, firsts = videos["clip_count"][()], videos["first_clip"][()]
-        v = len(videos["path"])
+        counts, firsts = videos[CLIP_COUNT.name][()], videos[FIRST_CLIP.name][()]
+        v = len(videos[PATH.name])
         for key in videos:
             if videos[key].shape[0] != v:
-                problems.append(f"{name}: videos/{key} has {videos[key].shape[0]} rows, videos/path has {v}")
+                problems.append(f"{name}: videos/{key} has {videos[key].shape[0]} rows, {PATH.path} has {v}")
         if int(counts.sum()) != n:
             problems.append(f"{name}: the videos table counts {int(counts.sum())} clips, the shard holds {n}")
         elif not np.array_equal(firsts, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(firsts.dtype)):
-            problems.append(f"{name}: videos/first_clip is not contiguous")
-        elif not np.array_equal(clips["video"][()], np.repeat(np.arange(v), counts)):
-            problems.append(f"{name}: clips/video does not match the videos table")
-        for row, warnings in enumerate(videos["warnings"].asstr()[()]):
+            problems.append(f"{name}: {FIRST_CLIP.path} is not contiguous")
+        elif not np.array_equal(clips[CLIP_VIDEO.name][()], np.repeat(np.arange(v), counts)):
+            problems.append(f"{name}: {CLIP_VIDEO.path} does not match the videos table")
+        for row, warnings in enumerate(videos[WARNINGS.name].asstr()[()]):
             try:
                 json.loads(warnings)
             except json.JSONDecodeError:
-                problems.append(f"{name}: videos/warnings row {row} is not JSON")
-        abspaths = list(videos["abspath"].asstr()[()])
+                problems.append(f"{name}: {WARNINGS.path} row {row} is not JSON")
+        abspaths = list(videos[ABSPATH.name].asstr()[()])
         if len(set(abspaths)) != len(abspaths):
             problems.append(f"{name}: a video appears twice in one shard")
-        return list(zip(abspaths, (int(x) for x in videos["size"][()]), (float(x) for x in videos["mtime"][()])))
+        return list(zip(abspaths, (int(x) for x in videos[SIZE.name][()]), (float(x) for x in videos[MTIME.name][()])))
 
 
 def _check_finite(dataset: h5py.Dataset, label: str, problems: list[str]) -> None:
