@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ExtractConfig
+from ..exit_codes import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 from .distribute import Part
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_LOCKED = 0, 1, 2, 3, 75
 
 # Settings that change only how fast a run goes, not what it writes; all others must match
 # the shards already in an output folder for a run to add to it. `precision` changes the features
