@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ExtractConfig
+from ..config import EXECUTION, ExtractConfig, keys_marked
 from ..exit_codes import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 from .distribute import Part
 
@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 # Settings that change only how fast a run goes, not what it writes; all others must match
 # the shards already in an output folder for a run to add to it. `precision` changes the features
 # in their last bits only (bf16 vs fp32), so a change is allowed but warned (check_same_setup).
-EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "workers", "threads",
-                  "precision", "compile"}
+EXECUTION_KEYS = keys_marked(EXECUTION)
 
 
 class SessionError(RuntimeError):

@@ -50,15 +50,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ..config import EXECUTION, FUSED, STORED, keys_marked
 from ..fusion import (CHECKPOINT_FORMAT, CrossModalFusion, FusionConfig, build_fusion, check_feature_models,
                      checkpoint_config, feature_model_ids, load_weights, pad_tokens, read_checkpoint, save_fusion)
 from ..weights.resolve import RANDOM, ModelError
 from ..store.reader import FeatureError, FeatureSet, open_features, saved_extras
 
 CHECKPOINT_VERSION = 1
-# Extraction settings that do not change the stored features; all others go into the fingerprint.
-_EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "fusion_dim",
-                   "fusion_heads", "fusion_seed", "fusion_checkpoint", "save_frames", "save_tokens"}
 
 
 class TrainingError(ValueError):
@@ -158,13 +156,15 @@ class Corpus:
 
     def fingerprint(self, train_videos: np.ndarray, val_videos: np.ndarray) -> str:
         """sha256 over what determines the training data: the feature models and widths, the
-        extraction settings that shape features, and each video of the split (absolute path, size,
-        mtime, clip count)."""
+        extraction settings that shape the per-frame and per-token features (not the execution
+        settings, nor those that change only the fused vector or which features are stored), and
+        each video of the split (absolute path, size, mtime, clip count)."""
         def rows(index: np.ndarray) -> list[list[Any]]:
             return sorted([v["abspath"], v["size"], v["mtime"], v["clip_count"]]
                           for v in (self.videos[int(i)] for i in index))
+        unshaping = keys_marked(EXECUTION, FUSED, STORED)
         blob = {"models": self.models, "dims": self.dims,
-                "config": {k: v for k, v in sorted(self.config.items()) if k not in _EXECUTION_KEYS},
+                "config": {k: v for k, v in sorted(self.config.items()) if k not in unshaping},
                 "train": rows(train_videos), "validation": rows(val_videos)}
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
