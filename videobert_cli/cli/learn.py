@@ -67,7 +67,8 @@ def train(features_dir: Path, out_path: Path, overwrite: bool, quiet: bool, **op
     training and validation; the best epoch by validation loss is written to -o with the feature
     models, the metrics and a fingerprint of the data. One JSON summary line goes to stdout.
     """
-    from ..learn.training import TrainConfig, TrainingError, TrainingFailed, open_corpus
+    from ..learn.corpus import TrainingError, open_corpus
+    from ..learn.training import TrainConfig, TrainingFailed
     from ..learn.training import train as run_training
 
     if out_path.exists() and not overwrite:
@@ -123,8 +124,8 @@ def evaluate(features_dir: Path, checkpoint: Path, max_clips: int, seed: int, de
     chance.
     """
     from ..learn.evaluation import evaluate as run_evaluation
+    from ..learn.corpus import TrainingError
     from ..learn.evaluation import format_report
-    from ..learn.training import TrainingError
 
     try:
         report = run_evaluation(features_dir, checkpoint, device=device, max_clips=max_clips, seed=seed)
@@ -153,13 +154,13 @@ def fuse(features_dir: Path, checkpoint: Path, out_dir: Path, device: str, batch
     """
     from tqdm import tqdm
 
-    from ..learn.apply import refuse_features
-    from ..learn.training import TrainingError
+    from ..learn.apply import apply_checkpoint
+    from ..learn.corpus import TrainingError
 
     bar = tqdm(unit="clip", disable=not _show_progress(quiet), file=sys.stderr)
     try:
-        summary = refuse_features(features_dir, checkpoint, out_dir, device=device, batch_size=batch_size,
-                                  overwrite=overwrite, on_shard=lambda _path, clips: bar.update(clips))
+        summary = apply_checkpoint(features_dir, checkpoint, out_dir, device=device, batch_size=batch_size,
+                                   overwrite=overwrite, on_shard=lambda _path, clips: bar.update(clips))
     except TrainingError as exc:
         fail(EXIT_USAGE, exc)
     except (OSError, RuntimeError) as exc:
