@@ -45,26 +45,10 @@ def models_list(config_file: Path | None, overrides: tuple[str, ...], models_dir
     """Where each model of the config resolves to, with size and sha256 (nothing is downloaded).
 
     Exit 0 when every model resolves, 2 when one does not."""
-    from ..weights.resolve import ModelError, locate_text_model, locate_video_weights, sha256_file, text_weights_file
+    from ..weights.resolve import list_models
 
     config = _load(config_file, overrides)
-    rows, failed = [], False
-    for role, name, weights in (("video", config.video_model, config.video_weights),
-                                ("text", config.text_model, config.text_model)):
-        row = {"role": role, "name": name, "weights": weights}
-        try:
-            if role == "video":
-                path, _ = locate_video_weights(name, weights, models_dir, download=False)
-            else:
-                path = text_weights_file(locate_text_model(name, models_dir, download=False))
-            if path is None:
-                row.update(source="random (untrained)", size_bytes=0, sha256="random")
-            else:
-                row.update(source=str(path.resolve()), size_bytes=path.stat().st_size, sha256=sha256_file(path))
-        except ModelError as exc:
-            failed = True
-            row.update(source=None, error=str(exc))
-        rows.append(row)
+    rows = list_models(config.video_model, config.video_weights, config.text_model, models_dir)
     for row in rows:
         if as_json:
             click.echo(json.dumps(row))
@@ -74,7 +58,7 @@ def models_list(config_file: Path | None, overrides: tuple[str, ...], models_dir
             size = f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] else "-"
             click.echo(f"{row['role']:<6} {row['name']} [{row['weights']}]\n       {row['source']}\n"
                        f"       {size}, sha256 {row['sha256']}")
-    sys.exit(EXIT_USAGE if failed else EXIT_OK)
+    sys.exit(EXIT_USAGE if any("error" in row for row in rows) else EXIT_OK)
 
 
 @models.command("fetch")
