@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from videobert_cli.config import DEFAULTS, ConfigError, ExtractConfig, load_config
+from videobert_cli.config import DEFAULTS, EXECUTION, ConfigError, ExtractConfig, keys_marked, load_config
 
 DEFAULT_YAML = Path(__file__).parents[1] / "configs" / "default.yaml"
 
@@ -58,3 +59,10 @@ def test_bad_files(tmp_path: Path) -> None:
     bad.write_text("shard_sizes: 3\n")
     with pytest.raises(ConfigError, match="unknown config key 'shard_sizes'"):
         load_config(bad)
+
+
+def test_the_readme_names_the_settings_a_resume_may_change() -> None:
+    """The settings `extract` lets differ from the shards already in a folder are the EXECUTION ones."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("Settings that change the output", 1)[1].split(")", 1)[0]
+    assert set(re.findall(r"`(\w+)`", listed)) == keys_marked(EXECUTION)

@@ -4,13 +4,20 @@ Every default lives in `ExtractConfig` below and, word for word, in
 `configs/default.yaml` (a test keeps the two equal). The whole effective config
 is stored in every shard, so a figure can always be traced to the settings that
 made it.
+
+Most settings shape the features a run writes. The others carry a mark on their field, once,
+here: EXECUTION (how fast a run goes, not what it writes), FUSED (only the fused vector), STORED
+(which features are stored, not their values). `keys_marked` turns marks into key sets, so the
+modules that compare configs never keep their own lists: `extract` lets a run add to a folder made
+with other EXECUTION settings; `train` fingerprints its data without any marked setting, since it
+reads the per-frame and per-token features, which none of them changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -19,6 +26,15 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used (exit code 2)."""
+
+
+EXECUTION = "execution"  # how fast a run goes, not what it writes (precision: the last bits, see session.py)
+FUSED = "fused"  # only the fused vector: the per-frame and per-token features stay the same
+STORED = "stored"  # which features are stored, not their values
+
+
+def _marked(default: Any, mark: str) -> Any:
+    return field(default=default, metadata={"mark": mark})
 
 
 @dataclass(frozen=True)
@@ -33,30 +49,31 @@ class ExtractConfig:
     video_weights: str = "IMAGENET1K_V2"  # torchvision weights name, state-dict path, or "random"
     image_size: int | None = None  # crop size; None = what the weights expect
     resize_size: int | None = None  # short side before the crop; None = what the weights expect
-    decode_threads: int = 1  # decord num_threads; 0 breaks VP9 (dmlc/decord#246)
+    decode_threads: int = _marked(1, EXECUTION)  # decord num_threads; 0 breaks VP9 (dmlc/decord#246)
     # text encoder
     text_model: str = "bert-base-uncased"
     max_text_tokens: int = 64  # token features kept per clip (fusion input)
     text_context_words: int = 16  # a cue shorter than this gets this many words of context each side
     text_max_length: int = 128  # tokens per encoder pass (cue + context)
     # fusion
-    fusion_dim: int = 768
-    fusion_heads: int = 8
-    fusion_seed: int = 0
-    fusion_checkpoint: str | None = None
+    fusion_dim: int = _marked(768, FUSED)
+    fusion_heads: int = _marked(8, FUSED)
+    fusion_seed: int = _marked(0, FUSED)
+    fusion_checkpoint: str | None = _marked(None, FUSED)
     # execution
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 32  # frames per image-encoder forward, assembled across videos
-    text_batch_size: int = 64  # sentences per text-encoder forward
-    workers: int | None = None  # decode processes; None = 1 on CPU, min(8, cores - 1) on CUDA
-    threads: int | None = None  # torch intra-op threads; None = all cores on CPU
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA GPUs that support it, else fp32
-    compile: bool = False  # torch.compile the image encoder
+    device: str = _marked("auto", EXECUTION)  # auto | cpu | cuda | cuda:N
+    batch_size: int = _marked(32, EXECUTION)  # frames per image-encoder forward, assembled across videos
+    text_batch_size: int = _marked(64, EXECUTION)  # sentences per text-encoder forward
+    workers: int | None = _marked(None, EXECUTION)  # decode processes; None = 1 on CPU, min(8, cores-1) on CUDA
+    threads: int | None = _marked(None, EXECUTION)  # torch intra-op threads; None = all cores on CPU
+    # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA GPUs that support it, else fp32
+    precision: str = _marked("auto", EXECUTION)
+    compile: bool = _marked(False, EXECUTION)  # torch.compile the image encoder
     # output
-    shard_size: int = 10000  # clips per shard at most (a video is never split)
+    shard_size: int = _marked(10000, EXECUTION)  # clips per shard at most (a video is never split)
     dtype: str = "float32"  # float32 | float16 for stored features
-    save_frames: bool = False
-    save_tokens: bool = False
+    save_frames: bool = _marked(False, STORED)
+    save_tokens: bool = _marked(False, STORED)
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +108,11 @@ class ExtractConfig:
 
 
 KEYS = {f.name: f for f in fields(ExtractConfig)}
+
+
+def keys_marked(*marks: str) -> frozenset[str]:
+    """The config keys whose field carries one of `marks` (EXECUTION, FUSED, STORED)."""
+    return frozenset(name for name, f in KEYS.items() if f.metadata.get("mark") in marks)
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -158,4 +180,5 @@ def load_config(
 
 
 DEFAULTS = ExtractConfig()
-__all__ = ["ConfigError", "DEFAULTS", "ExtractConfig", "KEYS", "load_config"]
+__all__ = ["ConfigError", "DEFAULTS", "EXECUTION", "ExtractConfig", "FUSED", "KEYS", "STORED", "keys_marked",
+           "load_config"]

@@ -1,10 +1,8 @@
 """`videobert train`, `evaluate` and `fuse`: learning the fusion on stored features.
 
-Thin click layer over training.py, evaluation.py and refuse.py: parse options, call the library,
-print a JSON summary (or a table) on stdout, errors as one line on stderr.
-Exit codes: 0 done; 1 the run failed (the loss diverged, an output could not be written);
-2 usage error (bad options, features without frame/token features, a checkpoint for other models or a
-malformed one).
+Thin click layer over learn/training.py, learn/evaluation.py and learn/apply.py: parse options,
+call the library, print a JSON summary (or a table) on stdout. A TrainingError (features, options
+or a checkpoint that cannot be used) exits 2, an error while running exits 1 (exit_codes.LEARN_HELP).
 """
 
 from __future__ import annotations
@@ -12,18 +10,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  done
-  1  the run failed (loss diverged, output not writable, out of memory)
-  2  usage error: bad options, features lacking frame/token features,
-     a checkpoint trained on features of other models, or a malformed one"""
+from ..exit_codes import EXIT_FAILED, EXIT_USAGE, LEARN_HELP
+from .messages import fail, warn
 
 _FEATURES = click.argument("features_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 _CHECKPOINT = click.option("--fusion-checkpoint", "checkpoint", required=True,
@@ -32,20 +23,11 @@ _CHECKPOINT = click.option("--fusion-checkpoint", "checkpoint", required=True,
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
 
-def _fail(code: int, message: object) -> NoReturn:
-    click.echo(f"videobert: error: {' '.join(str(message).split())}", err=True)
-    sys.exit(code)
-
-
-def _warn(message: str) -> None:
-    click.echo(f"videobert: warning: {message}", err=True)
-
-
 def _show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=LEARN_HELP)
 @_FEATURES
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Checkpoint file to write (e.g. fusion.pt).")
@@ -85,20 +67,21 @@ def train(features_dir: Path, out_path: Path, overwrite: bool, quiet: bool, **op
     training and validation; the best epoch by validation loss is written to -o with the feature
     models, the metrics and a fingerprint of the data. One JSON summary line goes to stdout.
     """
-    from ..learn.training import TrainConfig, TrainingError, TrainingFailed, open_corpus
+    from ..learn.corpus import TrainingError, open_corpus
+    from ..learn.training import TrainConfig, TrainingFailed
     from ..learn.training import train as run_training
 
     if out_path.exists() and not overwrite:
-        _fail(EXIT_USAGE, f"{out_path} exists; pass --overwrite to replace it, or choose another -o")
+        fail(EXIT_USAGE, f"{out_path} exists; pass --overwrite to replace it, or choose another -o")
     try:
         config = TrainConfig(**options)
         if not quiet:
             models = open_corpus(features_dir).models
             if any(m["sha256"] == "random" for m in models):
-                _warn("the features come from RANDOM (untrained) weights, which differ in every extract run: "
+                warn("the features come from RANDOM (untrained) weights, which differ in every extract run: "
                       "the checkpoint will fit only these very features")
     except TrainingError as exc:
-        _fail(EXIT_USAGE, exc)
+        fail(EXIT_USAGE, exc)
 
     from tqdm import tqdm
 
@@ -114,9 +97,9 @@ def train(features_dir: Path, out_path: Path, overwrite: bool, quiet: bool, **op
     try:
         result = run_training(features_dir, out_path, config, progress=progress, on_start=on_start)
     except TrainingError as exc:
-        _fail(EXIT_USAGE, exc)
+        fail(EXIT_USAGE, exc)
     except (TrainingFailed, OSError, RuntimeError) as exc:
-        _fail(EXIT_FAILED, exc)
+        fail(EXIT_FAILED, exc)
     finally:
         bar.close()
     summary = result.to_dict()
@@ -124,7 +107,7 @@ def train(features_dir: Path, out_path: Path, overwrite: bool, quiet: bool, **op
     click.echo(json.dumps(summary))
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=LEARN_HELP)
 @_FEATURES
 @_CHECKPOINT
 @click.option("--max-clips", type=int, default=1000, show_default=True,
@@ -141,19 +124,19 @@ def evaluate(features_dir: Path, checkpoint: Path, max_clips: int, seed: int, de
     chance.
     """
     from ..learn.evaluation import evaluate as run_evaluation
+    from ..learn.corpus import TrainingError
     from ..learn.evaluation import format_report
-    from ..learn.training import TrainingError
 
     try:
         report = run_evaluation(features_dir, checkpoint, device=device, max_clips=max_clips, seed=seed)
     except TrainingError as exc:
-        _fail(EXIT_USAGE, exc)
+        fail(EXIT_USAGE, exc)
     except (OSError, RuntimeError) as exc:
-        _fail(EXIT_FAILED, exc)
+        fail(EXIT_FAILED, exc)
     click.echo(json.dumps(report, sort_keys=True) if as_json else format_report(report))
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=LEARN_HELP)
 @_FEATURES
 @_CHECKPOINT
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -171,17 +154,17 @@ def fuse(features_dir: Path, checkpoint: Path, out_dir: Path, device: str, batch
     """
     from tqdm import tqdm
 
-    from ..learn.apply import refuse_features
-    from ..learn.training import TrainingError
+    from ..learn.apply import apply_checkpoint
+    from ..learn.corpus import TrainingError
 
     bar = tqdm(unit="clip", disable=not _show_progress(quiet), file=sys.stderr)
     try:
-        summary = refuse_features(features_dir, checkpoint, out_dir, device=device, batch_size=batch_size,
-                                  overwrite=overwrite, on_shard=lambda _path, clips: bar.update(clips))
+        summary = apply_checkpoint(features_dir, checkpoint, out_dir, device=device, batch_size=batch_size,
+                                   overwrite=overwrite, on_shard=lambda _path, clips: bar.update(clips))
     except TrainingError as exc:
-        _fail(EXIT_USAGE, exc)
+        fail(EXIT_USAGE, exc)
     except (OSError, RuntimeError) as exc:
-        _fail(EXIT_FAILED, exc)
+        fail(EXIT_FAILED, exc)
     finally:
         bar.close()
     click.echo(json.dumps(summary))

@@ -18,18 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ExtractConfig
+from ..config import EXECUTION, ExtractConfig, keys_marked
+from ..exit_codes import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
 from ..store.outdir import Part
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_LOCKED = 0, 1, 2, 3, 75
-
 # Settings that change only how fast a run goes, not what it writes; all others must match
 # the shards already in an output folder for a run to add to it. `precision` changes the features
 # in their last bits only (bf16 vs fp32), so a change is allowed but warned (check_same_setup).
-EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "workers", "threads",
-                  "precision", "compile"}
+EXECUTION_KEYS = keys_marked(EXECUTION)
 
 
 class SessionError(RuntimeError):

@@ -28,7 +28,8 @@ from ..weights.resolve import ModelError
 from ..store.reader import read_shard
 from ..store.schema import SHARD_GLOB, TMP_SUFFIX, shard_number, shard_part_label
 from ..store.writer import ShardWriter, VideoRecord, VideoResult
-from .training import TrainingError, check_checkpoint_features, open_corpus, resolve_device
+from .corpus import TrainingError, open_corpus
+from .training import check_checkpoint_features, resolve_device
 
 
 def prepare_output(out_dir: Path, features_dir: Path, overwrite: bool) -> None:
@@ -99,9 +100,9 @@ def _new_attrs(attrs: dict[str, Any], record: Any, config: FusionConfig, checkpo
     return out
 
 
-def refuse_features(features_dir: str | Path, checkpoint: str | Path, out_dir: str | Path, *, device: str = "auto",
-                    batch_size: int = 256, overwrite: bool = False,
-                    on_shard: Callable[[Path, int], None] | None = None) -> dict[str, Any]:
+def apply_checkpoint(features_dir: str | Path, checkpoint: str | Path, out_dir: str | Path, *, device: str = "auto",
+                     batch_size: int = 256, overwrite: bool = False,
+                     on_shard: Callable[[Path, int], None] | None = None) -> dict[str, Any]:
     """Write NEW_DIR: FEATURES_DIR's shards with `clips/fused` recomputed by the checkpoint's fusion."""
     features_dir, out_dir, checkpoint = Path(features_dir), Path(out_dir), Path(checkpoint).expanduser()
     if batch_size < 1:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..fusion import pad_tokens
-from .training import (Corpus, FusionAligner, TrainingError, _read, load_trained, open_corpus, resolve_device,
-                       text_key)
+from .corpus import Corpus, TrainingError, open_corpus, read_clip, text_key
+from .training import FusionAligner, load_trained, resolve_device
 
 KS = (1, 5, 10)
 
@@ -188,7 +188,7 @@ def evaluate(features_dir: str | Path, checkpoint: str | Path, *, device: str = 
     loaded = load_trained(checkpoint, corpus)
     clips, counts = _evaluated_clips(corpus, loaded.train_video_keys, loaded.val_video_keys, max_clips, seed)
 
-    items = [_read(corpus.features, int(c)) for c in clips]
+    items = [read_clip(corpus.features, int(c)) for c in clips]
     keys = np.array([text_key(i["ids"]) for i in items], dtype=np.int64)
     frames = torch.from_numpy(np.stack([i["frames"] for i in items]))
     tokens, token_mask = pad_tokens([i["tokens"] for i in items], items[0]["tokens"].shape[1])

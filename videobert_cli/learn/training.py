@@ -1,8 +1,9 @@
 """Learning the fusion from stored features: `videobert train`.
 
 The encoders never run here: training reads the per-frame image features and the per-token text
-features that `extract --save-frames --save-tokens` stored, one clip at a time, keeping at most
-`cache_mb` of them in memory (a corpus larger than RAM streams from the shards).
+features that `extract --save-frames --save-tokens` stored (corpus.py opens the folder, splits it
+and reads a clip), one clip at a time, keeping at most `cache_mb` of them in memory (a corpus
+larger than RAM streams from the shards).
 
 What is trained is the fusion module itself (both projections, both cross-attention directions,
 the LayerNorms before pooling) plus an alignment head, a small MLP on the fused vector that says
@@ -20,27 +21,25 @@ A text with exactly the tokens of the clip's own text is never used as its negat
 one): such pairs are left out of S's softmax and are not drawn as n_i. Clips without text have
 nothing to align and are skipped.
 
-Videos, never clips, are split into training and validation (neighbouring clips of one video
-share scenes and words, so a clip split would leak). Training stops early when the validation
+Videos, never clips, are split into training and validation (corpus.split_videos). Training stops early when the validation
 loss has not improved for `patience` epochs and keeps the best epoch's weights. Everything random
 (initial weights, clip order, negatives) comes from `seed`: the same seed on the same features and
 device gives the same checkpoint (bitwise on the CPU).
 
 The checkpoint is `fusion.save_fusion`'s {"state_dict", "config"} (so `extract --fusion-checkpoint`
 loads it) plus the head, the feature models (name and weights sha256), the feature widths, the
-training settings and metrics, the split and a fingerprint of the training data.
+training settings and metrics, the split and a fingerprint of the training data. Loading one back
+(load_trained, check_checkpoint_features) is here too, for `evaluate` and `fuse`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import fnmatch
 import hashlib
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -51,18 +50,12 @@ from torch import nn
 
 from .. import __version__
 from ..fusion import (CHECKPOINT_FORMAT, CrossModalFusion, FusionConfig, build_fusion, check_feature_models,
-                     checkpoint_config, feature_model_ids, load_weights, pad_tokens, read_checkpoint, save_fusion)
+                     checkpoint_config, load_weights, pad_tokens, read_checkpoint, save_fusion)
 from ..weights.resolve import RANDOM, ModelError
-from ..store.reader import FeatureError, FeatureSet, open_features, saved_extras
+from ..store.reader import open_features
+from .corpus import Corpus, TrainingError, open_corpus, read_clip, split_videos, text_key
 
 CHECKPOINT_VERSION = 1
-# Extraction settings that do not change the stored features; all others go into the fingerprint.
-_EXECUTION_KEYS = {"device", "batch_size", "text_batch_size", "decode_threads", "shard_size", "fusion_dim",
-                   "fusion_heads", "fusion_seed", "fusion_checkpoint", "save_frames", "save_tokens"}
-
-
-class TrainingError(ValueError):
-    """Features, options or a checkpoint that cannot be used (exit code 2: nothing was trained)."""
 
 
 class TrainingFailed(RuntimeError):
@@ -121,122 +114,7 @@ def resolve_device(spec: str) -> torch.device:
         raise TrainingError(str(exc)) from None
 
 
-# ----------------------------------------------------------------------------------------- corpus
-
-
-def video_key(video: dict[str, Any]) -> str:
-    """How the split and a checkpoint name a video: a hash of its file name, size, frame count and
-    duration, not of its path. So a video keeps its side of the split, and is recognised as one a
-    checkpoint trained on, wherever the corpus is moved or copied; two copies of one file are one
-    video (never on both sides). No paths go into checkpoints."""
-    ident = [Path(str(video["abspath"])).name, int(video["size"]), int(video["frame_count"]),
-             round(float(video["duration"]), 3)]
-    return hashlib.sha1(json.dumps(ident).encode("utf-8")).hexdigest()[:16]
-
-
-@dataclass
-class Corpus:
-    """A features folder seen as (clip frames, clip text) pairs; nothing but the index is read."""
-
-    features: FeatureSet
-    models: list[dict[str, str]]  # feature models: role, name, sha256
-    dims: dict[str, int]
-    config: dict[str, Any]  # the extraction config of the first shard
-    clip_video: np.ndarray  # (num_clips,) index in features.videos
-    has_text: np.ndarray  # (num_clips,) bool
-    video_keys: list[str] = field(default_factory=list)  # video_key per video
-
-    @property
-    def videos(self) -> list[dict[str, Any]]:
-        return self.features.videos
-
-    def text_clips(self, videos: np.ndarray) -> np.ndarray:
-        """Global indices of the clips with text of these videos, in clip order."""
-        chosen = np.zeros(len(self.videos), dtype=bool)
-        chosen[videos] = True
-        return np.flatnonzero(chosen[self.clip_video] & self.has_text)
-
-    def fingerprint(self, train_videos: np.ndarray, val_videos: np.ndarray) -> str:
-        """sha256 over what determines the training data: the feature models and widths, the
-        extraction settings that shape features, and each video of the split (absolute path, size,
-        mtime, clip count)."""
-        def rows(index: np.ndarray) -> list[list[Any]]:
-            return sorted([v["abspath"], v["size"], v["mtime"], v["clip_count"]]
-                          for v in (self.videos[int(i)] for i in index))
-        blob = {"models": self.models, "dims": self.dims,
-                "config": {k: v for k, v in sorted(self.config.items()) if k not in _EXECUTION_KEYS},
-                "train": rows(train_videos), "validation": rows(val_videos)}
-        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def open_corpus(features_dir: str | Path) -> Corpus:
-    """Open a features folder for training, evaluation or re-fusion; refuse one that cannot be."""
-    try:
-        features = open_features(features_dir)
-    except (FeatureError, OSError) as exc:
-        raise TrainingError(str(exc)) from None
-    missing = []
-    for shard in features.shards:
-        extras = saved_extras(shard.path)
-        for extra, flag in (("frames", "--save-frames"), ("tokens", "--save-tokens")):
-            if extra not in extras and flag not in missing:
-                missing.append(flag)
-    if missing:
-        raise TrainingError(
-            f"{features_dir}: the shards lack per-frame and/or per-token features; extract again with "
-            f"{' '.join(missing)} (missing: {', '.join(missing)})")
-    models = [feature_model_ids(a.get("models", [])) for a in features.attrs]
-    dims = [a.get("dims") for a in features.attrs]
-    if any(m != models[0] for m in models) or any(d != dims[0] for d in dims):
-        raise TrainingError(f"{features_dir}: its shards were made with different models or feature widths")
-    if len(models[0]) != 2:
-        raise TrainingError(f"{features_dir}: the shards do not record their video and text models")
-    clip_video = np.zeros(features.num_clips, dtype=np.int64)
-    for k, video in enumerate(features.videos):
-        clip_video[video["first_clip"] : video["first_clip"] + video["clip_count"]] = k
-    has_text = np.asarray(features.array("has_text"), dtype=bool).reshape(-1)
-    return Corpus(features, models[0], dict(dims[0]), dict(features.attrs[0].get("config") or {}), clip_video,
-                  has_text, [video_key(v) for v in features.videos])
-
-
-def split_videos(corpus: Corpus, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(training, validation) video indices; only videos with at least one text clip take part."""
-    with_text = np.unique(corpus.clip_video[corpus.has_text])
-    if config.val_videos:
-        pattern = config.val_videos
-        is_val = np.array([fnmatch.fnmatchcase(corpus.videos[i]["path"], pattern)
-                           or fnmatch.fnmatchcase(corpus.videos[i]["abspath"], pattern) for i in with_text], dtype=bool)
-        train, val = with_text[~is_val], with_text[is_val]
-        if not len(val):
-            raise TrainingError(f"--val-videos {pattern!r} matches no video with text")
-    else:
-        if len(with_text) < 2:
-            raise TrainingError(f"{len(with_text)} video(s) with text: a split by video needs at least 2")
-        # Rank by a seeded hash of the video key: stable when videos are added or the corpus moves.
-        order = sorted(with_text, key=lambda i: hashlib.sha256(
-            f"{config.seed}:{corpus.video_keys[i]}".encode()).hexdigest())
-        n_val = min(len(order) - 1, max(1, round(config.val_fraction * len(order))))
-        val, train = np.sort(np.array(order[:n_val])), np.sort(np.array(order[n_val:]))
-    if not len(train):
-        raise TrainingError("no video with text is left for training")
-    return train.astype(np.int64), val.astype(np.int64)
-
-
 # ---------------------------------------------------------------------------------------- batches
-
-
-def _read(features: FeatureSet, index: int, frames: bool = True) -> dict[str, Any]:
-    item = features.clip(int(index), fields=("frame_features", "tokens") if frames else ("tokens",))
-    out = {"tokens": np.asarray(item["token_features"], dtype=np.float32), "ids": np.asarray(item["token_ids"])}
-    if frames:
-        out["frames"] = np.asarray(item["frame_features"], dtype=np.float32)
-    return out
-
-
-def text_key(ids: np.ndarray) -> int:
-    """Equal for two texts with the same token ids."""
-    digest = hashlib.blake2b(np.ascontiguousarray(ids, dtype="<i8").tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -282,7 +160,7 @@ class PairDataset(torch.utils.data.Dataset):
         whole clip is read while the cache has room, to be kept)."""
         item = self._cache.get(index)
         if item is None:
-            item = _read(self.corpus.features, index, frames=frames or self._cached_bytes < self.cache_bytes)
+            item = read_clip(self.corpus.features, index, frames=frames or self._cached_bytes < self.cache_bytes)
             size = sum(v.nbytes for v in item.values())
             if "frames" in item and self._cached_bytes + size <= self.cache_bytes:
                 self._cache[index] = item
@@ -490,7 +368,8 @@ def train(features_dir: str | Path, out_path: str | Path, config: TrainConfig,
     started = time.perf_counter()
     device = resolve_device(config.device)
     corpus = open_corpus(features_dir)
-    train_videos, val_videos = split_videos(corpus, config)
+    train_videos, val_videos = split_videos(corpus, seed=config.seed, val_fraction=config.val_fraction,
+                                            val_videos=config.val_videos)
     train_clips, val_clips = corpus.text_clips(train_videos), corpus.text_clips(val_videos)
     if len(train_clips) < 2:
         raise TrainingError(f"{len(train_clips)} training clip(s) with text: at least 2 are needed")
@@ -660,7 +539,7 @@ def feature_probe(corpus: Corpus, clip: int) -> dict[str, Any]:
     """Identifies one clip's stored features: its video, its place in the video and a sha256 of
     its frame and token features. A checkpoint keeps the probe of its first training clip, so that
     features of random (unrecorded) weights can be recognised as the very ones it was trained on."""
-    item = _read(corpus.features, clip)
+    item = read_clip(corpus.features, clip)
     digest = hashlib.sha256(item["frames"].astype("<f4").tobytes() + item["tokens"].astype("<f4").tobytes())
     video = int(corpus.clip_video[clip])
     return {"video": corpus.video_keys[video], "clip": int(clip - corpus.videos[video]["first_clip"]),

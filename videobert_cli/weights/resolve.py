@@ -319,3 +319,25 @@ def fetch_models(video_model: str, video_weights: str, text_model: str, to: Path
             found = target
     done.append(f"text   {text_model}: {found}")
     return done
+
+
+def list_models(video_model: str, video_weights: str, text_model: str,
+                models_root: Path | None) -> list[dict[str, Any]]:
+    """Where each model of a config resolves to, downloading nothing: per role, its name and weights,
+    and the source file, size_bytes and sha256 (random weights: no file), or source None and the error."""
+    rows = []
+    for role, name, weights in (("video", video_model, video_weights), ("text", text_model, text_model)):
+        row: dict[str, Any] = {"role": role, "name": name, "weights": weights}
+        try:
+            if role == "video":
+                path, _ = locate_video_weights(name, weights, models_root, download=False)
+            else:
+                path = text_weights_file(locate_text_model(name, models_root, download=False))
+            if path is None:
+                row.update(source="random (untrained)", size_bytes=0, sha256="random")
+            else:
+                row.update(source=str(path.resolve()), size_bytes=path.stat().st_size, sha256=sha256_file(path))
+        except ModelError as exc:
+            row.update(source=None, error=str(exc))
+        rows.append(row)
+    return rows

@@ -26,18 +26,19 @@ from videobert_cli import open_features
 from videobert_cli.cli.main import main
 from videobert_cli.fusion import CrossModalFusion, FusionConfig, build_fusion, save_fusion
 from videobert_cli.weights.resolve import ModelError, sha256_file
-from videobert_cli.cli.learn import evaluate, fuse, train
-from videobert_cli.learn.training import (TrainConfig, TrainingError, load_trained, open_corpus, split_videos,
-                                    video_key)
+from videobert_cli.learn.corpus import Corpus, TrainingError, open_corpus, split_videos, video_key
+from videobert_cli.learn.training import TrainConfig, load_trained
 from videobert_cli.learn.training import train as train_library
-
-for command in (train, evaluate, fuse):  # until cli.py registers them
-    if command.name not in main.commands:
-        main.add_command(command)
 
 
 def run(args: list[str]):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def split(corpus: Corpus, **options: object) -> tuple[np.ndarray, np.ndarray]:
+    """The split `train` makes with these options (the others at their defaults)."""
+    config = TrainConfig(**options)
+    return split_videos(corpus, seed=config.seed, val_fraction=config.val_fraction, val_videos=config.val_videos)
 
 
 @contextmanager
@@ -257,19 +258,19 @@ def test_same_seed_same_checkpoint_other_seed_other_one(toy: Path, tmp_path: Pat
 
 def test_split_is_by_video_seeded_and_follows_the_glob(toy: Path) -> None:
     corpus = open_corpus(toy)
-    train_v, val_v = split_videos(corpus, TrainConfig(seed=0, val_fraction=0.25))
+    train_v, val_v = split(corpus, seed=0, val_fraction=0.25)
     assert len(val_v) == 2 and len(train_v) == 6 and not set(train_v) & set(val_v)
     train_c, val_c = corpus.text_clips(train_v), corpus.text_clips(val_v)
     assert not set(corpus.clip_video[train_c]) & set(corpus.clip_video[val_c])  # no video on both sides
     assert len(train_c) + len(val_c) == corpus.features.num_clips
-    again = split_videos(corpus, TrainConfig(seed=0, val_fraction=0.25))
+    again = split(corpus, seed=0, val_fraction=0.25)
     assert np.array_equal(again[1], val_v)
-    splits = {tuple(split_videos(corpus, TrainConfig(seed=s, val_fraction=0.25))[1]) for s in range(6)}
+    splits = {tuple(split(corpus, seed=s, val_fraction=0.25)[1]) for s in range(6)}
     assert len(splits) > 1  # the seed chooses
-    chosen = split_videos(corpus, TrainConfig(val_videos="*/v0[12].mp4"))[1]
+    chosen = split(corpus, val_videos="*/v0[12].mp4")[1]
     assert [corpus.videos[i]["path"] for i in chosen] == ["v01.mp4", "v02.mp4"]
     with pytest.raises(TrainingError, match="matches no video"):
-        split_videos(corpus, TrainConfig(val_videos="*nothing*"))
+        split(corpus, val_videos="*nothing*")
 
 
 def test_checkpoint_round_trip(toy: Path, tmp_path: Path) -> None:
@@ -388,8 +389,7 @@ def test_a_video_is_known_by_its_file_not_its_folder(toy: Path, tmp_path: Path) 
     assert open_features(moved).videos[0]["abspath"].startswith("/somewhere/else/")
     path = tmp_path / "fusion.pt"
     train_library(toy, path, TrainConfig(epochs=1, batch_size=4, device="cpu"))
-    assert split_videos(open_corpus(moved), TrainConfig())[1].tolist() == \
-        split_videos(open_corpus(toy), TrainConfig())[1].tolist()
+    assert split(open_corpus(moved))[1].tolist() == split(open_corpus(toy))[1].tolist()
     result = run(["evaluate", moved, "--fusion-checkpoint", path, "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["unseen_videos"] == 0
 

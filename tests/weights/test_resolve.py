@@ -26,7 +26,7 @@ from videobert_cli.weights.resolve import (
     resolve_video_weights,
 )
 
-OFFLINE_CONFIG = Path(__file__).parents[1] / "configs" / "offline.yaml"
+OFFLINE_CONFIG = Path(__file__).parents[2] / "configs" / "offline.yaml"
 HAVE_OFFLINE_WEIGHTS = all(package_path(p, inner) for p, inner, _ in [*OFFLINE_FILES.values(),
                                                                         *OFFLINE_TEXT_MODELS.values()])
 needs_offline_weights = pytest.mark.skipif(

@@ -18,7 +18,8 @@ from videobert_cli.learn import evaluation
 from videobert_cli.learn.evaluation import (accuracy, alignment_metrics, chance_recall, first_relevant_ranks, median_rank,
                                       pick_negatives, recall_at_k, retrieval_metrics, roc_auc)
 from videobert_cli.cli.learn import evaluate
-from videobert_cli.learn.training import TrainConfig, open_corpus, text_key, train
+from videobert_cli.learn.corpus import open_corpus, text_key
+from videobert_cli.learn.training import TrainConfig, train
 
 
 def test_ranks_recall_and_median_on_a_hand_computed_matrix() -> None:
