@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner
 from media import write_audio_only, write_video
 
-from videobert_cli import open_features, writer
+from videobert_cli import open_features
 from videobert_cli.cli.main import main
+from videobert_cli.store import writer
 from videobert_cli.store.outdir import OutputDir
 from videobert_cli.store.validate import validate
 
