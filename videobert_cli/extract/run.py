@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -26,10 +25,10 @@ import torch
 
 from .. import __version__
 from ..config import ExtractConfig
+from ..device import library_versions, resolve_device
 from .discover import InputProblem, VideoInput
 from .encoders import ImageEncoder, TextEncoder, WordTokens
 from ..fusion import FusionConfig, build_fusion, pad_tokens
-from ..weights.resolve import ModelError
 from ..store.outdir import OutputDir
 from .planning import ClipPlan, Word
 from .workers import Chunk, DecodePool, Failed, Header, VideoTask
@@ -71,33 +70,6 @@ class RunSummary:
         d["clips_per_second"] = round(self.clips / self.seconds, 3) if self.seconds > 0 else 0.0
         d["seconds"] = round(self.seconds, 3)
         return d
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ModelError(f"unknown device {spec!r} (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {spec} asked for, but CUDA is not available here")
-    return device
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of what shapes the output (read from package metadata: no imports)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {"videobert": __version__, "torch": torch.__version__, "torchvision": installed("torchvision"),
-            "transformers": installed("transformers"), "decord": installed("decord2"), "h5py": installed("h5py"),
-            "python": sys.version.split()[0]}
 
 
 class Extractor:

@@ -69,11 +69,12 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     each; install_stop(stop_request) installs signal handlers and returns the previous ones."""
     import torch
 
+    from ..device import resolve_device
     from .discover import discover
     from .distribute import Group, SplitError, combine_summaries, device_for, file_size, take_part
     from ..weights.resolve import ModelError
     from ..store.outdir import LockHeld, OutputDir
-    from .run import Extractor, RunOptions, plan_cpu_split, resolve_device
+    from .run import Extractor, RunOptions, plan_cpu_split
     from .workers import DecodePool
 
     part = request.part
