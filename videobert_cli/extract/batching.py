@@ -20,6 +20,7 @@ import torch
 
 from ..store.writer import ShardWriter, VideoResult
 from .discover import VideoInput
+from .failures import Failure
 from .workers import Chunk, Header
 
 Encode = Callable[[torch.Tensor, int], torch.Tensor]  # (uint8 frames, batch size) -> (frames, d) features
@@ -39,11 +40,11 @@ class VideoInProgress:
 
 
 class BatchFailed(Exception):
-    """The image encoder failed on a batch: every video with frames in it fails."""
+    """The image encoder failed on a batch: every video with frames in it fails, each with its Failure."""
 
-    def __init__(self, videos: list[VideoInProgress], reason: str) -> None:
-        super().__init__(reason)
-        self.videos, self.reason = videos, reason
+    def __init__(self, videos: list[tuple[VideoInProgress, Failure]]) -> None:
+        super().__init__(videos[0][1].message)
+        self.videos = videos
 
 
 class FrameBatcher:
@@ -81,7 +82,8 @@ class FrameBatcher:
             self.waiting, self.frames = [], 0
             for video in videos:
                 video.chunks_waiting = -1  # marks the failure for the run loop
-            raise BatchFailed(list(videos), f"image encoder: {exc}") from None
+            raise BatchFailed([(v, Failure(v.item.given, "encode", "RuntimeError", f"image encoder: {exc}"))
+                               for v in videos]) from None
         offset = 0
         for video, chunk in self.waiting:
             rows = encoded[offset : offset + len(chunk.unique_indices)]
@@ -152,7 +154,8 @@ class BackgroundWriter:
         self._raise()
 
     def abort(self) -> None:
-        """Stop without writing what is pending (after an error or an abort)."""
+        """Stop without closing the writer (after an error or an abort): what is already queued still goes
+        to it (and a shard that fills up is written), its last, partial shard is not."""
         if self.thread.is_alive():
             self.queue.put(_ABORT)
             self.thread.join()

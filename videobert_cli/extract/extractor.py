@@ -27,7 +27,7 @@ from ..store.writer import VideoRecord, VideoResult
 from .batching import VideoInProgress
 from .discover import VideoInput
 from .encoders import ImageEncoder, TextEncoder, WordTokens
-from .failures import VideoFailure
+from .failures import Failure
 from .planning import ClipPlan, Word
 from .workers import VideoTask
 
@@ -87,14 +87,14 @@ class Extractor:
     def task_for(self, item: VideoInput) -> VideoTask:
         cfg = self.config
         return VideoTask(
-            path=str(item.path), transcript=str(item.transcript) if item.transcript else None,
+            path=str(item.path), given=item.given, transcript=str(item.transcript) if item.transcript else None,
             clip_mode=cfg.clip_mode, clip_seconds=cfg.clip_seconds, min_clip_seconds=cfg.min_clip_seconds,
             frames_per_clip=cfg.frames_per_clip, decode_threads=cfg.decode_threads,
             resize_size=self.image.resize_size, crop_size=self.image.crop_size,
             clips_per_chunk=max(1, cfg.batch_size // cfg.frames_per_clip),
         )
 
-    def finish(self, videos: list[VideoInProgress]) -> list[VideoResult | VideoFailure]:
+    def finish(self, videos: list[VideoInProgress]) -> list[VideoResult | Failure]:
         """Text, fusion and assembly for videos whose frames are all encoded; the text encoder's batches
         span these videos, so many short videos still fill them."""
         cues = [[c.words for c in v.header.transcript.cues] if v.header.plan.words else [] for v in videos]
@@ -102,14 +102,14 @@ class Extractor:
             tokens: list[Any] = self.text.encode_transcripts(cues)
         except (RuntimeError, ValueError):  # e.g. out of memory on one long transcript: find which video
             tokens = [self._text_alone(video, words) for video, words in zip(videos, cues)]
-        return [word_tokens if isinstance(word_tokens, VideoFailure) else self._finish_one(video, word_tokens)
+        return [word_tokens if isinstance(word_tokens, Failure) else self._finish_one(video, word_tokens)
                 for video, word_tokens in zip(videos, tokens)]
 
     def _text_alone(self, video: VideoInProgress, cues: list[list[str]]) -> Any:
         try:
             return self.text.encode_cues(cues)
         except (RuntimeError, ValueError) as exc:
-            return VideoFailure(video.item.given, "encode", f"text encoder: {exc}", type(exc).__name__)
+            return Failure(video.item.given, "encode", type(exc).__name__, f"text encoder: {exc}")
 
     def _finish_one(self, video: VideoInProgress, word_tokens: dict[tuple[int, int], WordTokens]) -> VideoResult:
         item, header = video.item, video.header

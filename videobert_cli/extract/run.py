@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,8 +21,8 @@ from ..store.writer import ShardWriter
 from .batching import BackgroundWriter, BatchFailed, FrameBatcher, VideoInProgress
 from .discover import InputProblem, VideoInput
 from .extractor import Extractor
-from .failures import VideoFailure
-from .workers import Chunk, DecodePool, Failed, Header
+from .failures import Failure, VideoFailed
+from .workers import Chunk, DecodePool, Header
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +85,18 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     done = out.done_videos()
     records = out.failure_records()  # every part's log, read once
     failed_before = out.failed_videos(done, records)
+    pool = pool or DecodePool(extractor.workers, options.decode_timeout)
     writer = BackgroundWriter(ShardWriter(out.path, extractor.shard_attrs(), shard_size=cfg.shard_size,
                                           dtype=cfg.dtype, save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
                                           first_index=(out.next_shard_index() if options.first_shard is None
                                                        else options.first_shard),
                                           part_label=out.part_label))
     run = _Run(extractor, out, writer, summary, records, on_video)
-    for problem in problems:
-        run.fail(problem.given, os.path.abspath(problem.given), "probe", "InputError", problem.reason, None)
-    todo = _select(inputs, done, failed_before, options, summary)
-    pool = pool or DecodePool(extractor.workers, options.decode_timeout)
     try:
+        for problem in problems:
+            run.fail(Failure(problem.given, "probe", "InputError", problem.reason), os.path.abspath(problem.given),
+                     None)
+        todo = _select(inputs, done, failed_before, options, summary)
         for item, messages in pool.run(todo, extractor.task_for):
             if options.stop() or (options.fail_fast and summary.videos_failed):
                 break
@@ -123,30 +124,28 @@ class _Run:
         self.extractor, self.out, self.writer, self.summary, self.on_video = extractor, out, writer, summary, on_video
         self.batcher = FrameBatcher(extractor.image.encode, cfg.batch_size, cfg.frames_per_clip)
         self.in_order: deque[VideoInProgress] = deque()  # decoded or decoding, written in input order
-        self.attempts: dict[str, int] = {}
-        for record in records:
-            self.attempts[record["abspath"]] = self.attempts.get(record["abspath"], 0) + 1
+        self.attempts = Counter(record["abspath"] for record in records)  # earlier failures per video
 
-    def take(self, item: VideoInput, messages: Iterator[Header | Chunk | Failed], stop: StopRequest) -> bool:
+    def take(self, item: VideoInput, messages: Iterator[Header | Chunk | Failure], stop: StopRequest) -> bool:
         """Feed one video's decoded chunks to the batcher and write what is ready; False: the run must stop."""
         video: VideoInProgress | None = None
         try:
             for message in messages:
                 if stop():
                     raise Abandoned(item.given)
-                if isinstance(message, Failed):
-                    raise VideoFailure(item.given, message.stage, message.message, message.error_type)
+                if isinstance(message, Failure):
+                    raise VideoFailed(message)
                 if isinstance(message, Header):
                     video = VideoInProgress(item, message)
                     self.in_order.append(video)
                 else:
                     self.batcher.add(video, message)
             if video is None:
-                raise VideoFailure(item.given, "decode", "the decoder returned nothing", "DecoderError")
+                raise VideoFailed(Failure(item.given, "decode", "DecoderError", "the decoder returned nothing"))
             video.decoded = True
-        except VideoFailure as failure:
+        except VideoFailed as exc:
             self.forget(video)
-            self.fail(item.given, str(item.path), failure.stage, failure.error_type, failure.reason, _stat(item.path))
+            self.fail_video(exc.failure, item)
             return True
         except BatchFailed as failed:
             self.fail_batch(failed)
@@ -170,9 +169,8 @@ class _Run:
         while self.in_order and self.in_order[0].ready:
             ready.append(self.in_order.popleft())
         for video, result in zip(ready, self.extractor.finish(ready) if ready else []):
-            if isinstance(result, VideoFailure):
-                self.fail(video.item.given, str(video.item.path), result.stage, result.error_type, result.reason,
-                          _stat(video.item.path))
+            if isinstance(result, Failure):
+                self.fail_video(result, video.item)
                 continue
             for warning in result.video.warnings:
                 log.warning("%s: %s", video.item.given, warning)
@@ -184,10 +182,9 @@ class _Run:
                 self.on_video(result.num_clips)
 
     def fail_batch(self, failed: BatchFailed) -> None:
-        for video in failed.videos:
+        for video, failure in failed.videos:
             self.in_order.remove(video)
-            self.fail(video.item.given, str(video.item.path), "encode", "RuntimeError", failed.reason,
-                      _stat(video.item.path))
+            self.fail_video(failure, video.item)
 
     def forget(self, video: VideoInProgress | None) -> None:
         """Drop a video that will not be written from the batcher and the write order."""
@@ -195,17 +192,18 @@ class _Run:
             self.batcher.drop(video)
             self.in_order.remove(video)
 
-    def fail(self, given: str, abspath: str, stage: str, error_type: str, reason: str,
-             stat: os.stat_result | None) -> None:
-        reason = " ".join(str(reason).split())
-        given, abspath = printable(given), printable(abspath)
-        log.error("%s: %s: %s", given, stage, reason)
-        attempt = self.attempts.get(abspath, 0) + 1
-        self.out.record_failure(path=given, abspath=abspath, stage=stage, error_type=error_type, message=reason,
-                                size=stat.st_size if stat else None, mtime=stat.st_mtime if stat else None,
-                                attempt=attempt)
+    def fail_video(self, failure: Failure, item: VideoInput) -> None:
+        self.fail(failure, str(item.path), _stat(item.path))
+
+    def fail(self, failure: Failure, abspath: str, stat: os.stat_result | None) -> None:
+        """Log the failure, append it to the failure log (with the file's size and mtime, to tell later
+        whether it changed) and count it."""
+        failure, abspath = replace(failure, path=printable(failure.path)), printable(abspath)
+        log.error("%s: %s: %s", failure.path, failure.stage, failure.message)
+        self.out.record_failure(**asdict(failure), abspath=abspath, attempt=self.attempts[abspath] + 1,
+                                size=stat.st_size if stat else None, mtime=stat.st_mtime if stat else None)
         self.summary.videos_failed += 1
-        self.summary.failures.append({"path": given, "stage": stage, "reason": reason})
+        self.summary.failures.append({"path": failure.path, "stage": failure.stage, "reason": failure.message})
         if self.on_video:
             self.on_video(0)
 
