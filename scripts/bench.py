@@ -119,7 +119,7 @@ def measure(args: argparse.Namespace) -> dict:
     from videobert_cli.config import load_config
     from videobert_cli.extract.discover import discover
     from videobert_cli.fusion import FusionConfig, build_fusion
-    from videobert_cli.extract.run import Extractor
+    from videobert_cli.extract.extractor import Extractor
     from videobert_cli.extract.transcripts import read_transcript
     from videobert_cli.extract.workers import Chunk, Header, prepare_video
     from videobert_cli.store.writer import ShardWriter

@@ -46,6 +46,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -91,6 +92,19 @@ class VideoInfo:
     width: int  # of decoded frames (rotation applied)
     height: int
     frame_starts: np.ndarray  # (frame_count,) presentation time of each frame, seconds
+
+
+class VideoSource(Protocol):
+    """An open video, whichever decoder reads it (DecordSource, PyAVSource)."""
+
+    @property
+    def info(self) -> VideoInfo: ...
+
+    def read(self, indices: list[int]) -> np.ndarray:
+        """The frames at `indices` (frame numbers), RGB uint8 (n, H, W, 3) with rotation applied."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def _open_container(path: Path) -> "av.container.InputContainer":
@@ -513,7 +527,7 @@ def _rgb(frame: "av.VideoFrame") -> np.ndarray:
     return image
 
 
-def open_video(path: Path, threads: int = 1, short_side: int | None = None) -> DecordSource | PyAVSource:
+def open_video(path: Path, threads: int = 1, short_side: int | None = None) -> VideoSource:
     """Open `path` with the right decoder; raises DecodeError with a one-line reason.
 
     `short_side`: frames whose short side is over twice this may be scaled to it while decoding.
@@ -528,7 +542,7 @@ def open_video(path: Path, threads: int = 1, short_side: int | None = None) -> D
     return source
 
 
-def _open(path: Path, threads: int, short_side: int | None, probe: Probe) -> DecordSource | PyAVSource:
+def _open(path: Path, threads: int, short_side: int | None, probe: Probe) -> VideoSource:
     note = PYAV_CODECS.get(probe.codec, "")
     if not note:
         try:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import resolve_precision
 from ..weights.resolve import ModelError, load_backbone, resolve_text_model
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,6 @@ class ImageEncoder:
                                 enabled=self.amp_dtype is not None):
                 out.append(self.model(chunk).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
-
-
-def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `spec` on `device`; None = plain fp32."""
-    if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec]
 
 
 def _first(value: int | list[int] | tuple[int, ...]) -> int:

@@ -67,11 +67,13 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     each; install_stop(stop_request) installs signal handlers and returns the previous ones."""
     import torch
 
+    from ..device import resolve_device
     from .discover import discover
     from .distribute import Group, SplitError, combine_summaries, device_for, file_size, take_part
     from ..weights.resolve import ModelError
     from ..store.outdir import LockHeld, OutputDir
-    from .run import Extractor, RunOptions, plan_cpu_split, resolve_device
+    from .extractor import Extractor, plan_cpu_split
+    from .run import RunOptions
     from .workers import DecodePool
 
     part = request.part
@@ -181,7 +183,8 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
 def _run(mine: list, problems: list, out: Any, extractor: Any, options: Any, on_video: Any, pool: Any,
          part: Part) -> dict:
     """run_extract, and this process's summary with its exit code."""
-    from .run import OutputWriteError, run_extract
+    from .batching import OutputWriteError
+    from .run import run_extract
 
     try:
         summary = run_extract(mine, problems, out, extractor, options, on_video=on_video, pool=pool).to_dict()

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from .failures import Failure, VideoFailed
 from .planning import VideoPlan
 from .transcripts import Transcript
 
@@ -33,6 +34,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class VideoTask:
     path: str  # absolute
+    given: str  # as the user gave it: what its failure is reported under
     transcript: str | None
     clip_mode: str
     clip_seconds: float
@@ -71,19 +73,6 @@ class Ready:
     """A fresh worker has imported its libraries: the stall clock starts now, not at spawn."""
 
 
-@dataclass
-class Failed:
-    stage: str
-    error_type: str
-    message: str
-
-
-class StageError(Exception):
-    def __init__(self, stage: str, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.stage, self.error_type = stage, error_type
-
-
 def _test_hook(path: str, action: str) -> bool:
     for hook in os.environ.get(TEST_HOOK_ENV, "").split(","):
         kind, _, part = hook.partition(":")
@@ -93,33 +82,36 @@ def _test_hook(path: str, action: str) -> bool:
 
 
 def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
-    """Plan and decode one video: a Header, then Chunks. Raises StageError."""
+    """Plan and decode one video: a Header, then Chunks. Raises VideoFailed."""
     from .decode import DecodeError, open_video
     from .encoders import resize_crop
     from .planning import plan_clips
     from .transcripts import NO_TRANSCRIPT, TranscriptError, read_transcript
 
+    def failed(stage: str, error_type: str, message: str) -> VideoFailed:
+        return VideoFailed(Failure(task.given, stage, error_type, message))
+
     path = Path(task.path)
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError:
-        raise StageError("probe", "BadFileName", "file name is not valid UTF-8; rename it") from None
+        raise failed("probe", "BadFileName", "file name is not valid UTF-8; rename it") from None
     if path.is_dir():
-        raise StageError("probe", "IsADirectoryError", "is a directory, not a video file")
+        raise failed("probe", "IsADirectoryError", "is a directory, not a video file")
     try:
         stat = path.stat()
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise StageError("probe", type(exc).__name__, exc.strerror or str(exc)) from None
+        raise failed("probe", type(exc).__name__, exc.strerror or str(exc)) from None
     if stat.st_size == 0:
-        raise StageError("probe", "EmptyFile", "file is empty (0 bytes)")
+        raise failed("probe", "EmptyFile", "file is empty (0 bytes)")
     transcript = NO_TRANSCRIPT
     if task.transcript:
         try:
             transcript = read_transcript(Path(task.transcript))
         except TranscriptError as exc:
-            raise StageError("transcript", "TranscriptError", str(exc)) from None
+            raise failed("transcript", "TranscriptError", str(exc)) from None
     if _test_hook(task.path, "hang"):
         time.sleep(3600)
     if _test_hook(task.path, "crash"):
@@ -127,7 +119,7 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
     try:
         source = open_video(path, task.decode_threads, task.resize_size)
     except DecodeError as exc:
-        raise StageError(exc.stage, "DecodeError", str(exc)) from None
+        raise failed(exc.stage, "DecodeError", str(exc)) from None
     try:
         info = source.info
         plan = plan_clips(info.duration, info.frame_starts, transcript, mode=task.clip_mode,
@@ -141,9 +133,9 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
             try:
                 frames = source.read(unique)
             except DecodeError as exc:
-                raise StageError("decode", "DecodeError", str(exc)) from None
+                raise failed("decode", "DecodeError", str(exc)) from None
             except Exception as exc:  # decord raises its own types and RuntimeError
-                raise StageError("decode", type(exc).__name__, " ".join(str(exc).split())[:300]) from None
+                raise VideoFailed(Failure.unexpected(task.given, "decode", exc)) from None
             if _test_hook(task.path, "modify") and first == 0:
                 with open(path, "ab") as handle:
                     handle.write(b"\0" * 16)
@@ -153,7 +145,7 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
         source.close()
     after = path.stat()
     if (after.st_size, after.st_mtime) != (stat.st_size, stat.st_mtime):
-        raise StageError("decode", "FileChanged", "file changed while being read; it will be retried next run")
+        raise failed("decode", "FileChanged", "file changed while being read; it will be retried next run")
 
 
 STARTUP_LIMIT = 300.0  # seconds a fresh worker may take to import its libraries
@@ -188,10 +180,10 @@ def _worker_main(tasks: Any, results: Any) -> None:
             for message in prepare_video(task):
                 results.put((task_id, message))
             results.put((task_id, End()))
-        except StageError as exc:
-            results.put((task_id, Failed(exc.stage, exc.error_type, " ".join(str(exc).split()))))
+        except VideoFailed as exc:
+            results.put((task_id, exc.failure))
         except Exception as exc:  # anything else is still this video's failure, not the worker's end
-            results.put((task_id, Failed("decode", type(exc).__name__, " ".join(str(exc).split())[:300])))
+            results.put((task_id, Failure.unexpected(task.given, "decode", exc)))
 
 
 class DecodeWorker:
@@ -202,6 +194,7 @@ class DecodeWorker:
         self.queue_size = queue_size
         self._ctx = mp.get_context("spawn")  # no forked copies of torch or decoder threads
         self._task_id = 0
+        self._given = ""  # the submitted task's video, for the failures the worker cannot send itself
         self._proc: Any = None
         self._busy = False
         self._start()  # now, so its imports overlap the main process loading models
@@ -219,11 +212,12 @@ class DecodeWorker:
         if self._proc is None or not self._proc.is_alive() or self._busy:
             self.restart()  # a crashed worker, or a task whose messages were abandoned half-read
         self._task_id += 1
+        self._given = task.given
         self._busy = True
         self._tasks.put((self._task_id, task))
 
-    def messages(self) -> Iterator[Header | Chunk | Failed]:
-        """The submitted task's messages; ends after its last Chunk or with a Failed."""
+    def messages(self) -> Iterator[Header | Chunk | Failure]:
+        """The submitted task's messages; ends after its last Chunk or with a Failure."""
         last_progress = time.monotonic()
         while True:
             try:
@@ -233,12 +227,13 @@ class DecodeWorker:
                     code = self._proc.exitcode
                     self.restart()
                     how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                    yield Failed("decode", "DecoderCrashed", f"the decoder process died ({how})")
+                    yield Failure(self._given, "decode", "DecoderCrashed", f"the decoder process died ({how})")
                     return
                 limit = self.timeout if self._ready else STARTUP_LIMIT
                 if time.monotonic() - last_progress > limit:
                     self.restart()
-                    yield Failed("decode", "Timeout", f"no progress for {limit:g} s (decoder hung); killed")
+                    yield Failure(self._given, "decode", "Timeout",
+                                  f"no progress for {limit:g} s (decoder hung); killed")
                     return
                 continue
             if isinstance(message, Ready):
@@ -252,11 +247,11 @@ class DecodeWorker:
                 self._busy = False
                 return
             yield message
-            if isinstance(message, Failed):
+            if isinstance(message, Failure):
                 self._busy = False
                 return
 
-    def run(self, task: VideoTask) -> Iterator[Header | Chunk | Failed]:
+    def run(self, task: VideoTask) -> Iterator[Header | Chunk | Failure]:
         self.submit(task)
         return self.messages()
 
@@ -290,7 +285,7 @@ class DecodePool:
         self.workers = [DecodeWorker(timeout) for _ in range(max(1, workers))]
 
     def run(self, items: Iterable[T], task_of: Callable[[T], VideoTask]
-            ) -> Iterator[tuple[T, Iterator[Header | Chunk | Failed]]]:
+            ) -> Iterator[tuple[T, Iterator[Header | Chunk | Failure]]]:
         pending = iter(items)
         in_flight: deque[tuple[DecodeWorker, T]] = deque()
         for worker in self.workers:

@@ -106,7 +106,7 @@ class TrainConfig:
 def resolve_device(spec: str) -> torch.device:
     """The extractor's device rule (pipeline.resolve_device), reported as a TrainingError."""
     from ..weights.resolve import ModelError
-    from ..extract.run import resolve_device as resolve
+    from ..device import resolve_device as resolve
 
     try:
         return resolve(spec)

@@ -210,7 +210,7 @@ def assert_same_clips(out: Path, single: dict) -> None:
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
     for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
     return env

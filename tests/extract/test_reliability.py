@@ -21,7 +21,7 @@ from videobert_cli.store import writer
 from videobert_cli.store.outdir import OutputDir
 from videobert_cli.store.validate import validate
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "scripts"))
 import kill_loop  # noqa: E402
 
 
