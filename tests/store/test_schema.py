@@ -84,8 +84,9 @@ def readme_table() -> tuple[int, dict[str, str]]:
     text = README.read_text(encoding="utf-8")
     version = re.search(r"## Output: HDF5 schema \(version (\d+)\)", text)
     assert version, "README: no 'Output: HDF5 schema (version N)' heading"
+    section = text[version.end():].split("\n## ", 1)[0]  # the schema section only
     datasets = {}
-    for row in re.findall(r"^\| (`[^|]+) \| ([^|]+) \|", text[version.end():], flags=re.M):
+    for row in re.findall(r"^\| (`[^|]+) \| ([^|]+) \|", section, flags=re.M):
         group = None
         for name in re.findall(r"`([^`]+)`", row[0]):
             group, _, leaf = name.rpartition("/") if "/" in name else (group, "/", name)
