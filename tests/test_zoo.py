@@ -28,3 +28,22 @@ FOUND = zoo.find_clips(CLIPS) if CLIPS.exists() else []
 def test_real_clip_decoders_agree_on_every_planned_frame(clip: Path) -> None:
     result = zoo.check(clip)
     assert result.ok, result.problem
+
+
+@pytest.mark.skipif(not FOUND, reason=f"no zoo under {CLIPS}: fetch it with `python3 scripts/zoo.py --fetch`")
+def test_every_real_clip_extracts(tmp_path: Path, tiny_args: list[str]) -> None:
+    """The kinds of files benchmarks are made of (HMDB51/UCF101 AVIs, Kinetics MP4s, WebM, MPEG-2) all extract."""
+    import json
+
+    from click.testing import CliRunner
+
+    from videobert_cli import open_features
+    from videobert_cli.cli.main import main
+
+    result = CliRunner().invoke(main, ["extract", str(CLIPS), "-o", str(tmp_path / "out"), *tiny_args],
+                                catch_exceptions=False)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.exit_code == 0, summary["failures"]
+    assert summary["videos_done"] == len(FOUND)
+    features = open_features(tmp_path / "out")
+    assert len(features.videos) == len(FOUND) and features.num_clips > 0
