@@ -425,6 +425,15 @@ def test_a_malformed_checkpoint_is_a_one_line_refusal(toy: Path, tmp_path: Path,
             result = CliRunner().invoke(main, [str(a) for a in command])
             _one_line_refusal(result, path)
             assert ("unknown" if kind == "unknown-key" else "does not match") in result.stderr, result.stderr
+    # Hand-edited provenance: feature models that are not records.
+    blob = torch.load(trained_path, weights_only=True)
+    blob["feature_models"] = ["resnet18", "bert"]
+    torch.save(blob, tmp_path / "provenance.pt")
+    for command in (["evaluate", toy, "--fusion-checkpoint", tmp_path / "provenance.pt"],
+                    ["fuse", toy, "--fusion-checkpoint", tmp_path / "provenance.pt", "-o", tmp_path / "out-p"]):
+        result = CliRunner().invoke(main, [str(a) for a in command])
+        _one_line_refusal(result, tmp_path / "provenance.pt")
+        assert "unreadable feature_models" in result.stderr
     # extract: a plain checkpoint for the tiny models' widths (resnet18 512, tiny BERT 32).
     plain = tmp_path / "plain.pt"
     save_fusion(CrossModalFusion(FusionConfig(512, 32, 32, 4)), plain)

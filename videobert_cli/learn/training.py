@@ -556,11 +556,15 @@ def check_checkpoint_features(blob: dict[str, Any], corpus: Corpus, source: str 
         return False
     verified = False
     probe = blob.get("feature_probe")
-    if probe and any(m["sha256"] == RANDOM for m in trained_on):
-        for v, key in enumerate(corpus.video_keys):
-            video = corpus.videos[v]
-            if key == probe["video"] and probe["clip"] < video["clip_count"]:
-                found = feature_probe(corpus, int(video["first_clip"]) + int(probe["clip"]))
-                verified = verified or found["sha256"] == probe["sha256"]
-    check_feature_models(trained_on, corpus.models, str(source), random_verified=verified)
+    try:
+        if probe and any(m["sha256"] == RANDOM for m in trained_on):
+            for v, key in enumerate(corpus.video_keys):
+                video = corpus.videos[v]
+                if key == probe["video"] and probe["clip"] < video["clip_count"]:
+                    found = feature_probe(corpus, int(video["first_clip"]) + int(probe["clip"]))
+                    verified = verified or found["sha256"] == probe["sha256"]
+        check_feature_models(trained_on, corpus.models, str(source), random_verified=verified)
+    except (KeyError, TypeError, ValueError) as exc:  # hand-edited or foreign contents
+        raise ModelError(f"{source}: malformed fusion checkpoint: unreadable feature_models or feature_probe "
+                         f"({type(exc).__name__}: {exc})") from None
     return verified
