@@ -62,6 +62,16 @@ class Extractor:
             self.config = config = dataclasses.replace(config, fusion_dim=used.dim, fusion_heads=used.heads)
         self.fused_dim = used.dim
         self.models = [self.image.record, self.text.record, fusion_record]
+        self.asr: Any = None  # WhisperRecognizer, when speech recognition is on
+        if config.asr and "asr" in config.sources:
+            from ..weights.resolve import resolve_asr_model
+            from .asr import WhisperRecognizer
+
+            folder, asr_record = resolve_asr_model(config.asr, models_root)
+            self.asr = WhisperRecognizer(folder, self.device, config.asr_batch_size,
+                                         half=config.precision != "fp32")
+            self.asr_record = asr_record
+            self.models.append(asr_record)
 
     def shard_attrs(self) -> dict[str, Any]:
         return {

@@ -10,10 +10,11 @@ subtitle language missing) stay with the video whichever source wins.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Sequence
 
-from .subtitles import read_embedded
+from .subtitles import choose_track, list_tracks, read_embedded
 from .transcripts import NO_TRANSCRIPT, Transcript, read_transcript
 
 ASR_PREFIX = "asr:"
@@ -42,6 +43,7 @@ def select_transcript(video: Path, sources: Sequence[str], sidecar: Path | None,
                 notes.extend(warnings)  # else they are the transcript's own
         elif source == "asr" and asr_json is not None:
             found = dataclasses.replace(read_transcript(asr_json), format=asr_format(asr_model))
+            found = dataclasses.replace(found, warnings=found.warnings + _json_warnings(asr_json))
             ran_empty = found
         if found is not None and not found.is_empty:
             return dataclasses.replace(found, warnings=tuple(notes) + found.warnings)
@@ -49,3 +51,27 @@ def select_transcript(video: Path, sources: Sequence[str], sidecar: Path | None,
         notes.append("speech recognition found no speech: every clip has empty text")
     empty = ran_empty or NO_TRANSCRIPT
     return dataclasses.replace(empty, warnings=tuple(notes) + empty.warnings)
+
+
+def _json_warnings(path: Path) -> tuple[str, ...]:
+    """The `warnings` a recognised transcript's JSON carries (audio that stopped decoding, no audio stream)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    found = doc.get("warnings") if isinstance(doc, dict) else None
+    return tuple(str(w) for w in found) if isinstance(found, list) else ()
+
+
+def needs_recognition(video: Path, sources: Sequence[str], sidecar: Path | None,
+                      languages: Sequence[str] = ()) -> bool:
+    """Whether speech recognition must run for this video: `asr` is a source and no source before it
+    has a transcript (a sidecar file; an embedded text track, probed without decoding it)."""
+    if "asr" not in sources:
+        return False
+    for source in sources[: list(sources).index("asr")]:
+        if source == "sidecar" and sidecar is not None:
+            return False
+        if source == "embedded" and choose_track(list_tracks(video), languages)[0] is not None:
+            return False
+    return True

@@ -48,6 +48,7 @@ class VideoTask:
     subtitle_langs: tuple[str, ...] = ()
     asr_json: str | None = None  # the recognised transcript, when speech recognition ran for this video
     asr_model: str = ""
+    asr_error: str = ""  # speech recognition failed for this video: it fails at stage "asr"
 
 
 @dataclass
@@ -111,6 +112,8 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
         raise failed("probe", type(exc).__name__, exc.strerror or str(exc)) from None
     if stat.st_size == 0:
         raise failed("probe", "EmptyFile", "file is empty (0 bytes)")
+    if task.asr_error:
+        raise failed("asr", "RecognitionError", task.asr_error)
     try:
         transcript = select_transcript(path, task.sources, Path(task.transcript) if task.transcript else None,
                                        task.subtitle_langs, Path(task.asr_json) if task.asr_json else None,
