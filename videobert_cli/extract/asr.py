@@ -8,6 +8,9 @@ Recognition: `WhisperRecognizer` runs the transformers ASR pipeline (greedy deco
 from the cross-attention alignment heads) on a batch of windows. A window that is silent (RMS below
 SILENCE_RMS, about -60 dBFS) is not recognised: Whisper invents words ("Thank you.") in silence.
 
+Word times: Whisper stretches a word before a pause over the pause; `trim_words` cuts words longer
+than MAX_WORD_SECONDS back to that length (from their start; the window's first word from its end).
+
 Long audio: a word is kept from the window where it lies farthest from an edge: window k (start
 s_k = 25 k) keeps the words whose centre lies in [s_k + 2.5, s_k + 27.5) (from 0 in the first window, to
 the end in the last), so each moment of audio is taken from exactly one window, and no word cut by a
@@ -44,6 +47,7 @@ SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30.0  # Whisper's input length
 STRIDE_SECONDS = 25.0  # 5 s overlap between windows
 SILENCE_RMS = 1e-3  # about -60 dBFS: quieter windows are not recognised
+MAX_WORD_SECONDS = 1.0  # a recognised word longer than this has swallowed a pause (see trim_words)
 SEGMENT_GAP = 1.0  # a pause this long between words starts a new segment in the JSON
 JSON_VERSION = 1
 
@@ -187,6 +191,18 @@ class WhisperRecognizer:
                 words.append((text, float(start), end))
             out.append(words)
         return out
+
+
+def trim_words(words: Sequence[Word], longest: float = MAX_WORD_SECONDS) -> list[Word]:
+    """Whisper's word times stretch over silence: the word before a pause ends where the next word starts
+    ("dog." 3.76-6.52 s for a word spoken in 0.4 s), the first word starts at the window's start. A word
+    longer than `longest` is cut to that length: from its start, except the window's first word, from its end."""
+    out = []
+    for i, (text, start, end) in enumerate(words):
+        if end - start > longest:
+            start, end = (end - longest, end) if i == 0 else (start, start + longest)
+        out.append((text, start, end))
+    return out
 
 
 def segments_of(words: list[Word], gap: float = SEGMENT_GAP) -> list[dict[str, Any]]:
@@ -344,7 +360,7 @@ class AsrPass:
                     recognised = [[] for _ in batch]
                 for (video, window), words in zip(batch, recognised):
                     lo, hi = keep_range(window, self.window, self.stride)
-                    for text, start, end in words:
+                    for text, start, end in trim_words(words):
                         start, end = window.start + start, window.start + end
                         if lo <= (start + end) / 2 < hi:
                             video.words.append((text, start, end))
