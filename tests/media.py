@@ -109,3 +109,78 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+ASS_HEADER = (
+    "[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\n"
+    "Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, "
+    "Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, "
+    "MarginR, MarginV, Encoding\n"
+    "Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0\n\n"
+    "[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n\n"
+)
+
+
+def write_video_with_subtitles(path: Path, tracks: Sequence[dict], seconds: float = 3.0, fps: int = 10,
+                               audio: np.ndarray | None = None, audio_rate: int = 16000) -> None:
+    """A video (mkv or mp4) with subtitle streams muxed after the video stream (indexes 1, 2, ...).
+
+    Each track: {"codec": "subrip" | "ass" | "webvtt" | "mov_text" | "dvdsub", "language": "eng" (optional),
+    "default": bool (optional), "cues": [(start s, end s, ASS dialogue text), ...]}. Text tracks are encoded
+    with FFmpeg's subtitle encoders; a "dvdsub" track (bitmap) gets one dummy packet, enough for a reader
+    that skips bitmap tracks without decoding them. `audio` (float32 mono samples at `audio_rate`) adds a
+    PCM audio stream after the subtitles."""
+    from fractions import Fraction as F
+
+    import av
+
+    plain = path.with_name(path.stem + ".plain.mp4")
+    write_video(plain, seconds=seconds, fps=fps)
+    ms = F(1, 1000)
+    with av.open(str(plain)) as source, av.open(str(path), "w") as out:
+        video = out.add_stream_from_template(source.streams.video[0])
+        streams = []
+        for track in tracks:
+            stream = out.add_stream(track["codec"])
+            stream.time_base = ms
+            stream.codec_context.time_base = ms
+            stream.codec_context.subtitle_header = ASS_HEADER.encode()
+            if track.get("language"):
+                stream.metadata["language"] = track["language"]
+            stream.disposition = av.stream.Disposition.default if track.get("default") else av.stream.Disposition(0)
+            streams.append(stream)
+        audio_stream = None
+        if audio is not None:
+            audio_stream = out.add_stream("pcm_s16le" if path.suffix == ".mkv" else "aac", rate=audio_rate,
+                                          layout="mono")
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = video
+            out.mux(packet)
+        for track, stream in zip(tracks, streams):
+            if track["codec"] == "dvdsub":
+                packet = av.Packet(b"\x00\x10\x00\x00" + b"\x00" * 12)
+                packet.stream, packet.pts, packet.dts, packet.duration = stream, 0, 0, 500
+                out.mux(packet)
+                continue
+            for i, (start, end, text) in enumerate(track["cues"]):
+                begin, length = int(round(start * 1000)), int(round((end - start) * 1000))
+                subtitle = av.subtitles.subtitle.SubtitleSet.create(f"{i},0,Default,,0,0,0,,{text}".encode(),
+                                                                    0, length, pts=begin)
+                packet = stream.codec_context.encode_subtitle(subtitle)
+                packet.stream, packet.pts, packet.dts, packet.duration = stream, begin, begin, length
+                out.mux(packet)
+        if audio_stream is not None:
+            samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
+            fmt = "s16" if path.suffix == ".mkv" else "fltp"
+            data = (np.clip(samples, -1, 1) * 32767).astype(np.int16) if fmt == "s16" else samples
+            for start in range(0, data.shape[1], 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, start:start + 1024]), format=fmt,
+                                                   layout="mono")
+                frame.sample_rate, frame.pts = audio_rate, start
+                for packet in audio_stream.encode(frame):
+                    out.mux(packet)
+            for packet in audio_stream.encode():
+                out.mux(packet)
+    plain.unlink()

@@ -33,6 +33,9 @@ FUSED = "fused"  # only the fused vector: the per-frame and per-token features s
 STORED = "stored"  # which features are stored, not their values
 
 
+TRANSCRIPT_SOURCES = ("sidecar", "embedded", "asr")
+
+
 def _marked(default: Any, mark: str) -> Any:
     return field(default=default, metadata={"mark": mark})
 
@@ -55,6 +58,11 @@ class ExtractConfig:
     max_text_tokens: int = 64  # token features kept per clip (fusion input)
     text_context_words: int = 16  # a cue shorter than this gets this many words of context each side
     text_max_length: int = 128  # tokens per encoder pass (cue + context)
+    # transcripts: where a video's words come from, in order of precedence (the first that has text wins)
+    transcript_sources: str = "sidecar,embedded,asr"  # comma-separated subset, in order
+    subtitle_lang: str | None = None  # embedded track languages wanted, in order (ISO 639: en,fr); None = any
+    asr: str | None = None  # Whisper model (folder or Hugging Face name) for videos without text; None = off
+    asr_batch_size: int = _marked(8, EXECUTION)  # 30 s audio windows per Whisper forward, across videos
     # fusion
     fusion_dim: int = _marked(768, FUSED)
     fusion_heads: int = _marked(8, FUSED)
@@ -95,10 +103,19 @@ class ExtractConfig:
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
             (self.image_size is None or self.image_size >= 8, "image_size must be >= 8"),
             (self.resize_size is None or self.resize_size >= 8, "resize_size must be >= 8"),
+            (bool(self.sources) and len(set(self.sources)) == len(self.sources)
+             and set(self.sources) <= set(TRANSCRIPT_SOURCES),
+             "transcript_sources must list some of sidecar, embedded, asr (comma-separated, each once)"),
+            (self.asr_batch_size >= 1, "asr_batch_size must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """transcript_sources as a tuple, in order of precedence."""
+        return tuple(part.strip() for part in self.transcript_sources.split(",") if part.strip())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

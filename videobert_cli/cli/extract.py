@@ -58,6 +58,12 @@ def _setup_logging(quiet: bool, tag: str = "") -> logging.Logger:
 @click.option("--video-weights", help="Weights: torchvision name (IMAGENET1K_V2, DEFAULT), a state-dict file, "
               "or 'random' (recorded as such).")
 @click.option("--text-model", help="BERT model folder or Hugging Face name [bert-base-uncased].")
+@click.option("--transcript-sources", metavar="LIST", help="Where words come from, in order; the first with text "
+              "wins [sidecar,embedded,asr].")
+@click.option("--subtitle-lang", metavar="LANGS", help="Embedded subtitle track languages wanted, in order (ISO 639: "
+              "en, eng, en,fr) [the default-flagged track, else the first].")
+@click.option("--asr", metavar="MODEL", help="Whisper model (folder or Hugging Face name) to recognise speech in "
+              "videos with no transcript [off].")
 @click.option("--shard-size", type=int, help="Clips per shard at most [10000].")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), help="Stored feature dtype [float32].")
 @click.option("--fusion-checkpoint", help="Trained fusion weights (default: fixed-seed weights).")

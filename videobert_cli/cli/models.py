@@ -33,6 +33,11 @@ def _load(config_file: Path | None, overrides: tuple[str, ...]):
         raise click.UsageError(str(exc)) from None
 
 
+def _asr(config) -> str | None:
+    """The speech recognition model a config uses, if any."""
+    return config.asr if config.asr and "asr" in config.sources else None
+
+
 @click.group()
 def models() -> None:
     """List, fetch and verify the models a config uses."""
@@ -48,7 +53,7 @@ def models_list(config_file: Path | None, overrides: tuple[str, ...], models_dir
     from ..weights.resolve import list_models
 
     config = _load(config_file, overrides)
-    rows = list_models(config.video_model, config.video_weights, config.text_model, models_dir)
+    rows = list_models(config.video_model, config.video_weights, config.text_model, models_dir, _asr(config))
     for row in rows:
         if as_json:
             click.echo(json.dumps(row))
@@ -73,7 +78,8 @@ def models_fetch(config_file: Path | None, overrides: tuple[str, ...], models_di
 
     config = _load(config_file, overrides)
     try:
-        for line in fetch_models(config.video_model, config.video_weights, config.text_model, to or models_dir):
+        for line in fetch_models(config.video_model, config.video_weights, config.text_model, to or models_dir,
+                                 _asr(config)):
             click.echo(line)
     except ModelError as exc:
         fail(EXIT_USAGE, exc)

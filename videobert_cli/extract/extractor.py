@@ -29,6 +29,7 @@ from .discover import VideoInput
 from .encoders import ImageEncoder, TextEncoder, WordTokens
 from .failures import Failure
 from .planning import ClipPlan, Word
+from .subtitles import parse_languages
 from .workers import VideoTask
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,16 @@ class Extractor:
             self.config = config = dataclasses.replace(config, fusion_dim=used.dim, fusion_heads=used.heads)
         self.fused_dim = used.dim
         self.models = [self.image.record, self.text.record, fusion_record]
+        self.asr: Any = None  # WhisperRecognizer, when speech recognition is on
+        if config.asr and "asr" in config.sources:
+            from ..weights.resolve import resolve_asr_model
+            from .asr import WhisperRecognizer
+
+            folder, asr_record = resolve_asr_model(config.asr, models_root)
+            self.asr = WhisperRecognizer(folder, self.device, config.asr_batch_size,
+                                         half=config.precision != "fp32")
+            self.asr_record = asr_record
+            self.models.append(asr_record)
 
     def shard_attrs(self) -> dict[str, Any]:
         return {
@@ -92,6 +103,7 @@ class Extractor:
             frames_per_clip=cfg.frames_per_clip, decode_threads=cfg.decode_threads,
             resize_size=self.image.resize_size, crop_size=self.image.crop_size,
             clips_per_chunk=max(1, cfg.batch_size // cfg.frames_per_clip),
+            sources=cfg.sources, subtitle_langs=parse_languages(cfg.subtitle_lang),
         )
 
     def finish(self, videos: list[VideoInProgress]) -> list[VideoResult | Failure]:
@@ -122,13 +134,13 @@ class Extractor:
             warnings.append(item.transcript_note)
         if info.decoder_note:
             warnings.append(f"decoded with PyAV: {info.decoder_note}")
-        if item.transcript is None:
+        if transcript.format == "none":
             warnings.append("no transcript found: every clip has empty text")
         record = VideoRecord(
             path=item.given, abspath=str(item.path), size=header.size, mtime=header.mtime, duration=info.duration,
             fps=info.fps, frame_count=info.frame_count, width=info.width, height=info.height, codec=info.codec,
             decoder=info.decoder, decoder_note=info.decoder_note,
-            transcript=str(item.transcript) if item.transcript else "", transcript_format=transcript.format,
+            transcript=transcript.path or "", transcript_format=transcript.format,
             transcript_timed=transcript.timed, warnings=warnings,
         )
         return self._assemble(record, plan.clips, frame_features, word_tokens, plan.words)

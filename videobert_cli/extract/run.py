@@ -22,6 +22,9 @@ from .batching import BackgroundWriter, BatchFailed, FrameBatcher, VideoInProgre
 from .discover import InputProblem, VideoInput
 from .extractor import Extractor
 from .failures import Failure, VideoFailed
+from .asr import AsrPass
+from .sources import needs_recognition
+from .subtitles import parse_languages
 from .workers import Chunk, DecodePool, Header
 
 log = logging.getLogger(__name__)
@@ -92,12 +95,16 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
                                                        else options.first_shard),
                                           part_label=out.part_label))
     run = _Run(extractor, out, writer, summary, records, on_video)
+    asr: AsrPass | None = None
     try:
         for problem in problems:
             run.fail(Failure(problem.given, "probe", "InputError", problem.reason), os.path.abspath(problem.given),
                      None)
         todo = _select(inputs, done, failed_before, options, summary)
-        for item, messages in pool.run(todo, extractor.task_for):
+        task_of = extractor.task_for
+        if extractor.asr is not None:
+            todo, task_of, asr = _start_recognition(todo, extractor, out, options)
+        for item, messages in pool.run(todo, task_of):
             if options.stop() or (options.fail_fast and summary.videos_failed):
                 break
             if not run.take(item, messages, options.stop):
@@ -108,6 +115,8 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     finally:
         writer.abort()  # no-op after a clean close
         pool.close()
+        if asr is not None:
+            asr.close()
         summary.shards = [str(p) for p in writer.written]
         summary.seconds = time.perf_counter() - started
         summary.interrupted = options.stop()
@@ -234,6 +243,34 @@ def _select(inputs: list[VideoInput], done: dict, failed_before: dict, options: 
             continue
         todo.append(item)
     return todo
+
+
+ASR_FOLDER = "asr"  # OUT/asr/: the recognised transcripts, as Whisper JSON
+
+
+def _start_recognition(todo: list[VideoInput], extractor: Extractor, out: OutputDir, options: RunOptions
+                       ) -> tuple[list[VideoInput], Callable[[VideoInput], Any], AsrPass]:
+    """Start speech recognition, on a thread, for the videos that have no transcript; the videos that have
+    one go first, so the encoders work on them while speech is recognised. Returns the new order, the
+    task maker (which waits for a video's transcript) and the pass."""
+    cfg = extractor.config
+    languages = parse_languages(cfg.subtitle_lang)
+    needs = [needs_recognition(item.path, cfg.sources, item.transcript, languages) for item in todo]
+    ordered = [item for item, need in zip(todo, needs) if not need] + [item for item, need in zip(todo, needs) if need]
+    wanted = [(str(item.path), item.path, item.relative) for item, need in zip(todo, needs) if need]
+    record = extractor.asr_record
+    asr = AsrPass(extractor.asr.recognise, cfg.asr_batch_size, out.path / ASR_FOLDER, record.name, record.sha256,
+                  wanted, stop=options.stop).start()
+
+    def task_of(item: VideoInput) -> Any:
+        task = extractor.task_for(item)
+        result = asr.wait(str(item.path))
+        if result is None:
+            return task
+        return replace(task, asr_json=str(result.json_path) if result.json_path else None, asr_model=cfg.asr or "",
+                       asr_error=result.error)
+
+    return ordered, task_of, asr
 
 
 def printable(path: str) -> str:

