@@ -235,6 +235,24 @@ def test_rerun_skips_done_videos_and_overwrite_starts_afresh(corpus: dict[str, P
     assert other.exit_code == 2 and "other settings (clip_seconds)" in other.stderr
 
 
+def test_a_folder_made_before_a_setting_existed_can_be_added_to(corpus: dict[str, Path], tiny_args: list[str]) -> None:
+    """Shards whose config lacks a newer setting (as a folder made by an older videobert) compare it as its
+    default, so a cron job keeps adding to its folder after an upgrade; a real change is still refused."""
+    out = corpus["root"] / "older"
+    assert run(["extract", str(corpus["talks"] / "a.mp4"), "-o", str(out), *tiny_args]).exit_code == 0
+    shard = next(out.glob("shard-*.h5"))
+    with h5py.File(shard, "r+") as f:
+        config = json.loads(f.attrs["config"])
+        for newer in ("transcript_sources", "subtitle_lang", "asr"):
+            config.pop(newer)
+        f.attrs["config"] = json.dumps(config)
+    again = run(["extract", str(corpus["talks"]), "-o", str(out), *tiny_args])
+    assert again.exit_code in (0, 1), again.stderr  # 1: the corpus holds a broken video on purpose
+    assert json.loads(again.stdout)["videos_done"] >= 1
+    refused = run(["extract", str(corpus["talks"]), "-o", str(out), "--transcript-sources", "sidecar", *tiny_args])
+    assert refused.exit_code == 2 and "transcript_sources" in refused.stderr
+
+
 def test_unresolvable_text_model_fails_before_decoding(corpus: dict[str, Path], tiny_args: list[str]) -> None:
     args = [a if a != tiny_args[tiny_args.index("--text-model") + 1] else "no-such-org/no-such-model"
             for a in tiny_args]

@@ -224,7 +224,11 @@ def check_same_setup(out: Any, extractor: Any) -> list[str]:
     if existing is None:
         return []
     old, new = existing.get("config", {}), extractor.config.to_dict()
-    changed = sorted(k for k in set(old) | set(new) if k not in EXECUTION_KEYS and old.get(k) != new.get(k))
+    # A setting newer than the shards (added by a later videobert) compares as its default: a folder
+    # made before it existed can be added to without --overwrite.
+    defaults = type(extractor.config)().to_dict()
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in EXECUTION_KEYS and old.get(k, defaults.get(k)) != new.get(k))
     old_models = {m["role"]: m["sha256"] for m in existing.get("models", [])}
     new_models = {m.role: m.sha256 for m in extractor.models}
     changed += [f"{role} model" for role in new_models if old_models.get(role) != new_models[role]]
