@@ -27,6 +27,11 @@ def shard_clip_count(path: Path) -> int:
         return int(f[START.path].shape[0])
 
 
+def has_clip_column(path: Path, name: str) -> bool:
+    with h5py.File(path, "r") as f:
+        return f"{CLIPS}/{name}" in f
+
+
 def read_blocks(path: Path, name: str, block_rows: int = BLOCK) -> Iterator[np.ndarray]:
     """clips/`name` of one shard, every row in order, `block_rows` at a time (a shard larger than RAM works)."""
     with h5py.File(path, "r") as f:
