@@ -14,7 +14,8 @@ from videobert_cli.store import schema
 from videobert_cli.store.writer import VideoRecord, VideoResult
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-ALL_COLUMNS = (*schema.CLIP_COLUMNS, *schema.FRAME_COLUMNS, *schema.TOKEN_COLUMNS, *schema.VIDEO_COLUMNS)
+ALL_COLUMNS = (*schema.CLIP_COLUMNS, *schema.FRAME_COLUMNS, *schema.TOKEN_COLUMNS, *schema.VISUAL_COLUMNS,
+               *schema.VIDEO_COLUMNS)
 DERIVED = {schema.CLIP_VIDEO, schema.TOKEN_START, schema.WARNINGS, schema.FIRST_CLIP, schema.CLIP_COUNT}
 
 
@@ -22,11 +23,12 @@ def test_each_dataset_is_named_once_in_its_group_with_its_rows():
     assert len({c.path for c in ALL_COLUMNS}) == len(ALL_COLUMNS)
     rows = {schema.CLIPS: "N", schema.TOKENS: "M", schema.VIDEOS: "V"}
     for columns, group in ((schema.CLIP_COLUMNS, schema.CLIPS), (schema.FRAME_COLUMNS, schema.CLIPS),
-                           (schema.TOKEN_COLUMNS, schema.TOKENS), (schema.VIDEO_COLUMNS, schema.VIDEOS)):
+                           (schema.TOKEN_COLUMNS, schema.TOKENS), (schema.VIDEO_COLUMNS, schema.VIDEOS),
+                           (schema.VISUAL_COLUMNS, schema.CLIPS)):
         for column in columns:
             assert column.group == group and column.path == f"{group}/{column.name}"
             assert column.shape[0] == rows[group]
-            assert set(column.shape[1:]) <= {"F", "d", "d_img", "d_txt"}
+            assert set(column.shape[1:]) <= {"F", "d", "d_img", "d_txt", "D"}
 
 
 def test_dtypes_are_numpy_dtypes_utf8_strings_or_the_feature_dtype():
@@ -53,11 +55,12 @@ def test_columns_the_writer_does_not_derive_are_fields_of_the_records_it_is_give
 def test_sizes_come_from_the_attributes_and_give_each_tail():
     attrs = {"dims": {"fused": 8, "video": 12, "text": 4}, "config": {"frames_per_clip": 3}}
     sizes = schema.sizes(attrs)
-    assert sizes == {"F": 3, "d": 8, "d_img": 12, "d_txt": 4}
+    assert sizes == {"F": 3, "d": 8, "d_img": 12, "d_txt": 4, "D": None}
     assert schema.FRAME_FEATURES.tail(sizes) == (3, 12)
     assert schema.TOKEN_FEATURES.tail(sizes) == (4,)
     assert schema.START.tail(sizes) == ()
-    assert schema.sizes({}) == {"F": None, "d": None, "d_img": None, "d_txt": None}
+    assert schema.sizes({}) == {"F": None, "d": None, "d_img": None, "d_txt": None, "D": None}
+    assert schema.VISUAL_PATH.tail(schema.sizes({"visual_vocab": {"depth": 4}})) == (4,)
 
 
 def test_shard_names_carry_number_and_part():
@@ -79,11 +82,11 @@ def test_shards_sort_by_number_then_name_and_temporary_files_are_not_shards(tmp_
         "shard-00001.h5", "shard-r000-00002.h5", "shard-r001-00002.h5", "shard-00010.h5"]
 
 
-def readme_table() -> tuple[int, dict[str, str]]:
+def readme_table() -> tuple[tuple[int, int], dict[str, str]]:
     """(the version in the README's schema heading, {dataset path: its shape and dtype cell})."""
     text = README.read_text(encoding="utf-8")
-    version = re.search(r"## Output: HDF5 schema \(version (\d+)\)", text)
-    assert version, "README: no 'Output: HDF5 schema (version N)' heading"
+    version = re.search(r"## Output: HDF5 schema \(version (\d+)\.(\d+)\)", text)
+    assert version, "README: no 'Output: HDF5 schema (version N.M)' heading"
     section = text[version.end():].split("\n## ", 1)[0]  # the schema section only
     datasets = {}
     for row in re.findall(r"^\| (`[^|]+) \| ([^|]+) \|", section, flags=re.M):
@@ -91,13 +94,13 @@ def readme_table() -> tuple[int, dict[str, str]]:
         for name in re.findall(r"`([^`]+)`", row[0]):
             group, _, leaf = name.rpartition("/") if "/" in name else (group, "/", name)
             datasets[f"{group}/{leaf}"] = row[1]
-    return int(version[1]), datasets
+    return (int(version[1]), int(version[2])), datasets
 
 
 def test_the_readme_documents_this_schema():
     """Every dataset in the table and no other; its shape; its dtype where the table names one."""
     version, datasets = readme_table()
-    assert version == schema.SCHEMA_VERSION
+    assert version == (schema.SCHEMA_VERSION, schema.SCHEMA_MINOR)
     assert set(datasets) == {c.path for c in ALL_COLUMNS}
     for column in ALL_COLUMNS:
         cell = datasets[column.path]

@@ -60,6 +60,7 @@ def test_attributes_are_the_schema_version_plus_the_given_ones_json_encoded_when
     with h5py.File(tmp_path / "s.h5", "r") as f:
         stored = dict(f.attrs)
     assert stored.pop(schema.SCHEMA_VERSION_ATTR) == schema.SCHEMA_VERSION
+    assert stored.pop(schema.SCHEMA_MINOR_ATTR) == schema.SCHEMA_MINOR
     assert set(stored) == set(ATTRS)
     for key, value in ATTRS.items():
         if isinstance(value, (dict, list)):

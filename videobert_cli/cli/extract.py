@@ -81,11 +81,14 @@ def _setup_logging(quiet: bool, tag: str = "") -> logging.Logger:
               "--shard-index): for job arrays and several machines sharing a filesystem [SLURM_ARRAY_TASK_COUNT "
               "in a Slurm job array; under torchrun the ranks split the work themselves].")
 @click.option("--shard-index", type=int, help="The part to run, 0..N-1 [from SLURM_ARRAY_TASK_ID].")
+@click.option("--visual-vocab", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write each clip's visual word (a vocabulary from `videobert vocab`, fitted on features "
+              "of the same models) into the new shards.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings; errors only.")
 def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None, config_file: Path | None,
             overrides: tuple[str, ...], models_dir: Path | None, overwrite: bool, retry_failed: bool,
             fail_fast: bool, decode_timeout: float, wait: bool, num_shards: int | None, shard_index: int | None,
-            quiet: bool, **flags: object) -> None:
+            quiet: bool, visual_vocab: Path | None = None, **flags: object) -> None:
     """Extract one fused embedding per clip from videos and their transcripts.
 
     INPUTS are video files, folders (searched recursively) or '-' to read
@@ -111,7 +114,8 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     log = _setup_logging(quiet, f"[{part.label}]" if part.split else "")
     request = ExtractRequest(inputs=inputs, out_dir=out_dir, transcripts_dir=transcripts_dir, config=config,
                              part=part, models_dir=models_dir, overwrite=overwrite, wait=wait,
-                             retry_failed=retry_failed, fail_fast=fail_fast, decode_timeout=decode_timeout)
+                             retry_failed=retry_failed, fail_fast=fail_fast, decode_timeout=decode_timeout,
+                             visual_vocab=visual_vocab)
     bars = _ProgressBars(show=not quiet and sys.stderr.isatty())
     try:
         outcome = run_session(request, on_video=bars.update, on_start=bars.start,

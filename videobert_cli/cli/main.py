@@ -1,6 +1,6 @@
 """The `videobert` command group: the version option and every command, registered in one place.
 
-Each family of commands lives in its own module (extract, inspect, models, learn) and imports the
+Each family of commands lives in its own module (extract, inspect, models, learn, vocab) and imports the
 library lazily inside its commands, so `videobert --help` stays quick.
 """
 
@@ -13,6 +13,7 @@ from .extract import extract
 from .inspect import info, validate
 from .learn import evaluate, fuse, train
 from .models import models
+from .vocab import export_sequences, tokenize, vocab
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,3 +29,6 @@ main.add_command(models)
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(fuse)
+main.add_command(vocab)
+main.add_command(tokenize)
+main.add_command(export_sequences)

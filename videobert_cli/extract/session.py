@@ -51,6 +51,7 @@ class ExtractRequest:
     retry_failed: bool
     fail_fast: bool
     decode_timeout: float
+    visual_vocab: Path | None = None  # tokenize the shards this run writes (`extract --visual-vocab`)
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,12 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
         first_shard = out.next_shard_index()
     first_shard = group.broadcast(first_shard)  # also holds the other ranks until rank 0 has cleared
     pool = DecodePool(plan_cpu_split(config, device)[0], request.decode_timeout)  # starts while models load
-    error, extractor, run_warnings = None, None, []
+    error, extractor, run_warnings, vocab = None, None, [], None
     try:
         out.remove_temporary()
         extractor = Extractor(config, request.models_dir)  # every model resolves before any video is decoded
         run_warnings = check_same_setup(out, extractor)
+        vocab = load_run_vocab(request.visual_vocab, extractor)  # refused before any video is decoded
         if not group.leader:  # every rank checks; rank 0 alone reports, once for the run
             run_warnings = []
     except ModelError as exc:
@@ -156,6 +158,8 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     previous = install_stop(options.stop) if install_stop else {}
     try:
         summary = _run(mine, mine_problems, out, extractor, options, on_video, pool, part)
+        if vocab is not None and summary.get("shards"):
+            summary["visual_words"] = tokenize_new_shards(summary, vocab, device)
         summary["run_warnings"] = summary.get("run_warnings", []) + run_warnings
         summary["warnings"] = summary.get("warnings", 0) + len(run_warnings)
         if part.split:
@@ -200,6 +204,36 @@ def _run(mine: list, problems: list, out: Any, extractor: Any, options: Any, on_
     else:
         summary["exit_code"] = EXIT_OK
     return summary
+
+
+def load_run_vocab(path: Path | None, extractor: Any) -> tuple[Any, Path] | None:
+    """`--visual-vocab`: the vocabulary, refused (ModelError) when fitted on features of other models."""
+    if path is None:
+        return None
+    from ..store.vocab_file import VocabFileError, read_vocab
+    from ..vocab import check_vocab_for_run
+    from ..weights.resolve import ModelError
+
+    try:
+        vocab = read_vocab(path)
+    except VocabFileError as exc:
+        raise ModelError(str(exc)) from None
+    check_vocab_for_run(vocab, extractor.shard_attrs(), str(path))
+    return vocab, Path(path)
+
+
+def tokenize_new_shards(summary: dict, vocab: tuple[Any, Path], device: Any) -> dict:
+    """The visual words of the shards this run wrote, added to them (still under the run's lock)."""
+    from ..store.vocab_file import file_sha256
+    from ..vocab import tokenize_shards
+
+    tree, path = vocab
+    try:
+        return tokenize_shards(summary["shards"], tree, file_sha256(path), str(path.resolve()), device=device)
+    except OSError as exc:
+        log.error("visual words not written: %s", exc)
+        summary["exit_code"] = EXIT_OUTPUT
+        return {"error": str(exc)}
 
 
 def combined_exit(codes: list[int]) -> int:

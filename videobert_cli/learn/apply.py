@@ -90,7 +90,8 @@ def _results(clips: dict[str, np.ndarray], videos: dict[str, np.ndarray], fused:
 
 
 def _new_attrs(attrs: dict[str, Any], record: Any, config: FusionConfig, checkpoint: Path) -> dict[str, Any]:
-    out = {k: v for k, v in attrs.items() if k != "schema_version"}
+    # The schema attributes are the writer's; visual words are not carried over (they name the old features).
+    out = {k: v for k, v in attrs.items() if k not in ("schema_version", "schema_minor", "visual_vocab")}
     out["tool_version"] = __version__
     out["created_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     out["models"] = [m for m in attrs.get("models", []) if m.get("role") != "fusion"] + [record.to_dict()]

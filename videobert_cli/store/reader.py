@@ -23,8 +23,8 @@ import torch.utils.data
 
 from .schema import (ABSPATH, CLIP_COUNT, CLIP_VIDEO, CLIPS, END, FIRST_CLIP, FRAME_FEATURES, FRAME_INDICES,
                      FRAME_TIMES, FUSED, HAS_TEXT, JSON_ATTRS, PATH, SCHEMA_VERSION, SCHEMA_VERSION_ATTR, SHARD_GLOB,
-                     START, TEXT, TEXT_FEATURES, TOKEN_COLUMNS, TOKEN_COUNT, TOKEN_START, TOKENS, VIDEO_COLUMNS,
-                     VIDEO_FEATURES, VIDEOS, WARNINGS, sorted_shards)
+                     SCHEMA_MINOR_ATTR, START, TEXT, TEXT_FEATURES, TOKEN_COLUMNS, TOKEN_COUNT, TOKEN_START, TOKENS,
+                     VIDEO_COLUMNS, VIDEO_FEATURES, VIDEOS, VISUAL_VOCAB_ATTR, VISUAL_WORD, WARNINGS, sorted_shards)
 
 # What `FeatureSet.clip` returns by default; "tokens" (and "frame_features") also ask for the saved extras.
 CLIP_FIELDS = tuple(c.name for c in (FUSED, VIDEO_FEATURES, TEXT_FEATURES, START, END, FRAME_TIMES, FRAME_INDICES,
@@ -195,6 +195,21 @@ class FeatureSet:
         parts = [self._file(s.path)[CLIPS][name][()][s.rows] for s in self.shards]
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    def rows(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """One clip field at these global clip indices (increasing), read block by block from each shard:
+        a sample of a corpus larger than RAM."""
+        from .columns import read_rows
+
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= self.num_clips):
+            raise IndexError("indices must be increasing global clip indices")
+        parts = []
+        for s in self.shards:
+            lo, hi = np.searchsorted(indices, [s.first_clip, s.first_clip + s.num_clips])
+            if hi > lo:
+                parts.append(read_rows(s.path, name, s.rows[indices[lo:hi] - s.first_clip]))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
     def describe(self) -> dict[str, Any]:
         """What `videobert info` prints: counts, dims, models, config."""
         first = self.attrs[0]
@@ -202,6 +217,9 @@ class FeatureSet:
         return {
             "out_dir": str(self.out_dir),
             "schema_version": first.get(SCHEMA_VERSION_ATTR),
+            "schema_minor": min(int(a.get(SCHEMA_MINOR_ATTR, 0)) for a in self.attrs),
+            "visual_vocab": first.get(VISUAL_VOCAB_ATTR),
+            "shards_with_visual_words": sum(VISUAL_WORD.name in self._file(s.path)[CLIPS] for s in self.shards),
             "shards": [str(s.path) for s in self.shards],
             "videos": len(self.videos),
             "superseded_videos": len(self.superseded),

@@ -4,10 +4,13 @@ The writer, the reader, `validate` and the output folder all speak this layout; 
 alone means a column cannot be renamed or retyped in one of them and silently missed by another.
 README.md's "Output: HDF5 schema" section documents the same table for users (a test holds the two
 together). Changing a name, dtype or shape here changes the files written: raise SCHEMA_VERSION.
+Adding an optional column that older readers can ignore raises SCHEMA_MINOR instead: a shard keeps
+`schema_version` 1 (what every reader of version 1 checks, so they still open it) and records the
+revision in `schema_minor` (absent = 0).
 
 Shapes are symbolic, in the README's letters: the rows first (N clips, M tokens, V videos), then
-F (frames per clip), d (fused width), d_img (video features) and d_txt (text features), whose
-sizes a shard's attributes give (`sizes`).
+F (frames per clip), d (fused width), d_img (video features), d_txt (text features) and D (the
+depth of the visual vocabulary), whose sizes a shard's attributes give (`sizes`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import h5py
 import numpy as np
 
 SCHEMA_VERSION = 1
+SCHEMA_MINOR = 1  # 1.1: the optional clips/visual_word and clips/visual_path (`videobert tokenize`)
 
 # -- file naming ----------------------------------------------------------------------------------
 # shard-NNNNN.h5 from a run in one part; shard-rIII-NNNNN.h5 from part (rank) III of a split run.
@@ -53,15 +57,20 @@ def sorted_shards(folder: Path) -> list[Path]:
 
 # -- file attributes ------------------------------------------------------------------------------
 SCHEMA_VERSION_ATTR = "schema_version"
-JSON_ATTRS = ("config", "models", "dims", "versions", "preprocess", "execution")  # stored as JSON text
+SCHEMA_MINOR_ATTR = "schema_minor"
+VISUAL_VOCAB_ATTR = "visual_vocab"  # JSON: the vocabulary the visual words come from (only with them)
+JSON_ATTRS = ("config", "models", "dims", "versions", "preprocess", "execution",
+              VISUAL_VOCAB_ATTR)  # stored as JSON text
 REQUIRED_ATTRS = ("config", "models", "dims", "created_utc", "tool_version", "versions")
 
 
 def sizes(attrs: Mapping[str, Any]) -> dict[str, int | None]:
     """The sizes of the shape letters, from a shard's attributes (None where they do not say)."""
     dims = attrs.get("dims") or {}
+    vocab = attrs.get(VISUAL_VOCAB_ATTR)
     return {"F": (attrs.get("config") or {}).get("frames_per_clip"), "d": dims.get("fused"),
-            "d_img": dims.get("video"), "d_txt": dims.get("text")}
+            "d_img": dims.get("video"), "d_txt": dims.get("text"),
+            "D": vocab.get("depth") if isinstance(vocab, Mapping) else None}
 
 
 # -- groups and columns ---------------------------------------------------------------------------
@@ -127,6 +136,14 @@ TOKEN_FEATURES = Column(TOKENS, "features", FEATURE, ("M", "d_txt"), key="token_
 TOKEN_IDS = Column(TOKENS, "ids", np.dtype(np.int64), ("M",), key="token_ids")
 FRAME_COLUMNS = (FRAME_FEATURES,)
 TOKEN_COLUMNS = (TOKEN_FEATURES, TOKEN_IDS)
+
+# Schema 1.1, added by `videobert tokenize` (or `extract --visual-vocab`): each clip's visual word,
+# the leaf of the hierarchical k-means tree its feature falls in. visual_path holds the branch taken
+# at each of the D levels (-1 below a branch that stopped early); visual_word is the path read as a
+# number in base `branching` with -1 read as 0, so a word id is in [0, branching^D) and stable.
+VISUAL_WORD = Column(CLIPS, "visual_word", np.dtype(np.int32), ("N",))
+VISUAL_PATH = Column(CLIPS, "visual_path", np.dtype(np.int32), ("N", "D"))
+VISUAL_COLUMNS = (VISUAL_WORD, VISUAL_PATH)
 
 # videos/*: one row per video. The first ones are VideoRecord's fields, by the same names.
 PATH = Column(VIDEOS, "path", STRING, ("V",))  # as given

@@ -116,6 +116,7 @@ def _check_shard(path: Path, report: Report) -> list[tuple[str, int, float]]:
         for column in schema.FEATURE_COLUMNS:
             if column.path in f:
                 _check_finite(f[column.path], f"{name}: {column.path}", problems)
+        _check_visual_words(f, attrs, n, name, problems)
         if TOKENS in f:
             total_tokens = int(np.sum(clips[TOKEN_COUNT.name][()], dtype=np.int64))
             rows = f[TOKEN_FEATURES.path].shape[0]
@@ -156,3 +157,46 @@ def _check_finite(dataset: h5py.Dataset, label: str, problems: list[str]) -> Non
         bad += int(np.size(block) - np.count_nonzero(np.isfinite(block)))
     if bad:
         problems.append(f"{label}: {bad} NaN/Inf value(s)")
+
+
+def _check_visual_words(f: h5py.File, attrs: dict[str, Any], n: int, name: str, problems: list[str]) -> None:
+    """Schema 1.1: clips/visual_word and clips/visual_path come together, with the vocabulary attribute;
+    words in [0, branching^D), paths of D branch indexes in [0, branching) (-1 only after an early stop),
+    and each word the path read in base `branching`."""
+    present = [c for c in schema.VISUAL_COLUMNS if c.path in f]
+    if not present:
+        if schema.VISUAL_VOCAB_ATTR in attrs:
+            problems.append(f"{name}: attribute {schema.VISUAL_VOCAB_ATTR!r} without {schema.VISUAL_WORD.path}")
+        return
+    if len(present) != len(schema.VISUAL_COLUMNS):
+        missing = [c.path for c in schema.VISUAL_COLUMNS if c not in present]
+        problems.append(f"{name}: visual words incomplete: {', '.join(missing)} missing")
+        return
+    vocab = attrs.get(schema.VISUAL_VOCAB_ATTR)
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("branching"), int) or not isinstance(vocab.get("depth"), int):
+        problems.append(f"{name}: visual words without a readable {schema.VISUAL_VOCAB_ATTR!r} attribute "
+                        "(branching, depth)")
+        return
+    if int(attrs.get(schema.SCHEMA_MINOR_ATTR, 0)) < 1:
+        problems.append(f"{name}: visual words in a shard marked schema_minor {attrs.get(schema.SCHEMA_MINOR_ATTR, 0)}")
+    branching, depth = vocab["branching"], vocab["depth"]
+    words, paths = f[schema.VISUAL_WORD.path], f[schema.VISUAL_PATH.path]
+    for column, dataset, shape in ((schema.VISUAL_WORD, words, (n,)), (schema.VISUAL_PATH, paths, (n, depth))):
+        if dataset.dtype != column.dtype:
+            problems.append(f"{name}: {column.path} is {dataset.dtype}, expected {column.dtype}")
+        if tuple(dataset.shape) != shape:
+            problems.append(f"{name}: {column.path} has shape {dataset.shape}, expected {shape}")
+    if words.shape != (n,) or paths.shape != (n, depth):
+        return
+    w, p = words[()].astype(np.int64), paths[()].astype(np.int64)
+    bad = int(np.sum((w < 0) | (w >= branching ** depth)))
+    if bad:
+        problems.append(f"{name}: {bad} visual word(s) outside [0, {branching ** depth})")
+    stopped = p < 0
+    if np.any((p >= branching) | (p < -1)) or np.any(stopped[:, :-1] & ~stopped[:, 1:]) or np.any(stopped[:, :1]):
+        problems.append(f"{name}: {schema.VISUAL_PATH.path} holds branch indexes outside [0, {branching}) or a -1 "
+                        "above a branch")
+        return
+    expected = (np.where(stopped, 0, p) * branching ** np.arange(depth - 1, -1, -1)).sum(axis=1)
+    if not np.array_equal(expected, w):
+        problems.append(f"{name}: {int(np.sum(expected != w))} visual word(s) disagree with {schema.VISUAL_PATH.path}")

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from . import schema
-from .schema import SCHEMA_VERSION, SCHEMA_VERSION_ATTR, TMP_SUFFIX, shard_name
+from .schema import SCHEMA_MINOR, SCHEMA_MINOR_ATTR, SCHEMA_VERSION, SCHEMA_VERSION_ATTR, TMP_SUFFIX, shard_name
 
 
 @dataclass
@@ -131,6 +131,7 @@ def write_shard(path: Path, results: list[VideoResult], attrs: dict[str, Any], d
     sizes = schema.sizes(attrs)
     with h5py.File(path, "w") as f:
         f.attrs[SCHEMA_VERSION_ATTR] = SCHEMA_VERSION
+        f.attrs[SCHEMA_MINOR_ATTR] = SCHEMA_MINOR
         for key, value in attrs.items():
             f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
 
