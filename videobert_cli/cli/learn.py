@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from ..exit_codes import EXIT_FAILED, EXIT_USAGE, LEARN_HELP
-from .messages import fail, warn
+from ..exit_codes import EXIT_USAGE, LEARN_HELP
+from .messages import fail, stored_feature_errors, warn
 
 _FEATURES = click.argument("features_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 _CHECKPOINT = click.option("--fusion-checkpoint", "checkpoint", required=True,
@@ -68,7 +68,7 @@ def train(features_dir: Path, out_path: Path, overwrite: bool, quiet: bool, **op
     models, the metrics and a fingerprint of the data. One JSON summary line goes to stdout.
     """
     from ..learn.corpus import TrainingError, open_corpus
-    from ..learn.training import TrainConfig, TrainingFailed
+    from ..learn.training import TrainConfig
     from ..learn.training import train as run_training
 
     if out_path.exists() and not overwrite:
@@ -94,14 +94,8 @@ def train(features_dir: Path, out_path: Path, overwrite: bool, quiet: bool, **op
         bar.update(steps - bar.n)
         bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in losses.items()}, refresh=False)
 
-    try:
+    with stored_feature_errors(), bar:  # TrainingFailed is a RuntimeError: exit 1
         result = run_training(features_dir, out_path, config, progress=progress, on_start=on_start)
-    except TrainingError as exc:
-        fail(EXIT_USAGE, exc)
-    except (TrainingFailed, OSError, RuntimeError) as exc:
-        fail(EXIT_FAILED, exc)
-    finally:
-        bar.close()
     summary = result.to_dict()
     summary.pop("history")
     click.echo(json.dumps(summary))
@@ -124,15 +118,10 @@ def evaluate(features_dir: Path, checkpoint: Path, max_clips: int, seed: int, de
     chance.
     """
     from ..learn.evaluation import evaluate as run_evaluation
-    from ..learn.corpus import TrainingError
     from ..learn.evaluation import format_report
 
-    try:
+    with stored_feature_errors():
         report = run_evaluation(features_dir, checkpoint, device=device, max_clips=max_clips, seed=seed)
-    except TrainingError as exc:
-        fail(EXIT_USAGE, exc)
-    except (OSError, RuntimeError) as exc:
-        fail(EXIT_FAILED, exc)
     click.echo(json.dumps(report, sort_keys=True) if as_json else format_report(report))
 
 
@@ -155,16 +144,9 @@ def fuse(features_dir: Path, checkpoint: Path, out_dir: Path, device: str, batch
     from tqdm import tqdm
 
     from ..learn.apply import apply_checkpoint
-    from ..learn.corpus import TrainingError
 
     bar = tqdm(unit="clip", disable=not _show_progress(quiet), file=sys.stderr)
-    try:
+    with stored_feature_errors(), bar:
         summary = apply_checkpoint(features_dir, checkpoint, out_dir, device=device, batch_size=batch_size,
                                    overwrite=overwrite, on_shard=lambda _path, clips: bar.update(clips))
-    except TrainingError as exc:
-        fail(EXIT_USAGE, exc)
-    except (OSError, RuntimeError) as exc:
-        fail(EXIT_FAILED, exc)
-    finally:
-        bar.close()
     click.echo(json.dumps(summary))

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import NoReturn
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
 
 import click
+
+from ..exit_codes import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE
 
 
 def fail(code: int, message: object, *, summary: bool = False) -> NoReturn:
@@ -25,3 +28,21 @@ def fail(code: int, message: object, *, summary: bool = False) -> NoReturn:
 
 def warn(message: str) -> None:
     click.echo(f"videobert: warning: {message}", err=True)
+
+
+@contextmanager
+def stored_feature_errors() -> Iterator[None]:
+    """How the commands on stored features (train, evaluate, fuse, vocab, tokenize, export-sequences) end
+    on an error: input they refuse is a usage error (2), a folder another run holds is 75, a failed read,
+    write or computation is 1; always one line."""
+    from ..learn.corpus import TrainingError
+    from ..store.outdir import LockHeld
+
+    try:
+        yield
+    except TrainingError as exc:
+        fail(EXIT_USAGE, exc)
+    except LockHeld as exc:  # a RuntimeError: before the catch-all below
+        fail(EXIT_LOCKED, exc)
+    except (OSError, RuntimeError) as exc:
+        fail(EXIT_FAILED, exc)

