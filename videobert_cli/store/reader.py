@@ -123,7 +123,7 @@ class FeatureSet:
             self.attrs.append(attrs)
             rows = []
             for row in range(len(columns[PATH.name])):
-                video = {k: _plain(v[row]) for k, v in columns.items()}
+                video = {k: plain_value(v[row]) for k, v in columns.items()}
                 video[WARNINGS.name] = json.loads(video[WARNINGS.name])
                 video["shard"] = str(path)
                 rows.append(video)
@@ -176,7 +176,7 @@ class FeatureSet:
         shard, row = self._locate(index)
         f = self._file(shard.path)
         clips = f[CLIPS]
-        item: dict[str, Any] = {name: _plain(clips[name][row]) for name in fields if name in clips}
+        item: dict[str, Any] = {name: plain_value(clips[name][row]) for name in fields if name in clips}
         item[CLIP_VIDEO.name] = int(shard.video_map[int(clips[CLIP_VIDEO.name][row])])
         if FRAME_FEATURES.name in clips and FRAME_FEATURES.name in fields:
             item[FRAME_FEATURES.key] = clips[FRAME_FEATURES.name][row]
@@ -279,7 +279,8 @@ def _read_video_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]
         raise FeatureError(f"{path}: cannot be read ({exc})") from None
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """An HDF5 scalar as plain Python: bytes decoded as UTF-8, numpy scalars as Python numbers."""
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, np.generic):

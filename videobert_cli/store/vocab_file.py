@@ -14,12 +14,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
 from ..vocab import VOCAB_FORMAT, VOCAB_VERSION, VisualVocab
+from .reader import plain_value
 from .writer import fsync_dir
 
 _JSON = ("models", "sample", "fit")
@@ -65,21 +65,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def read_vocab(path: str | Path) -> VisualVocab:
     path = Path(path).expanduser()
     if not path.is_file():
         raise VocabFileError(f"visual vocabulary not found: {path}")
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = {k: plain_value(v) for k, v in f.attrs.items()}
             if attrs.get("format") != VOCAB_FORMAT:
                 raise VocabFileError(f"{path}: not a visual vocabulary (written by `videobert vocab`)")
             if attrs.get("format_version") != VOCAB_VERSION:

@@ -265,20 +265,15 @@ def locate_text_model(name: str, models_root: Path | None = None, download: bool
         return folder
     if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"text model folder not found: {folder}")
-    from huggingface_hub import constants, snapshot_download
-
     looked = []
     if models_root is not None:
         kept = text_model_dir(models_root, name)
         if (kept / "config.json").is_file():
             return kept
         looked.append(str(kept))
-    try:
-        # cache_dir read now: older huggingface_hub releases fix their default when first imported.
-        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HF_PATTERNS,
-                                      cache_dir=constants.HF_HUB_CACHE))
-    except Exception:  # not in the cache (the hub raises several types)
-        looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+    cached = _from_hf_cache(name, looked)
+    if cached is not None:
+        return cached
     if name in OFFLINE_TEXT_MODELS:
         package, inner, requirement = OFFLINE_TEXT_MODELS[name]
         found = package_path(package, inner)
@@ -288,6 +283,19 @@ def locate_text_model(name: str, models_root: Path | None = None, download: bool
     return _download_or_refuse(name, download, (
         f"text model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
         "Pass --text-model PATH to a model folder, or run `videobert models fetch` on a machine with network"))
+
+
+def _from_hf_cache(name: str, looked: list[str]) -> Path | None:
+    """The model's snapshot in the Hugging Face cache, or None (and the cache added to `looked`)."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        # cache_dir read now: older huggingface_hub releases fix their default when first imported.
+        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HF_PATTERNS,
+                                      cache_dir=constants.HF_HUB_CACHE))
+    except Exception:  # not in the cache (the hub raises several types)
+        looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+        return None
 
 
 def _download_or_refuse(name: str, download: bool, not_found: str) -> Path:
@@ -429,8 +437,6 @@ def locate_asr_model(name: str, models_root: Path | None = None, download: bool 
         return folder
     if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"speech recognition model folder not found: {folder}")
-    from huggingface_hub import constants, snapshot_download
-
     looked = []
     places = [asr_model_dir(models_root, name)] if models_root is not None else []
     places.append(asr_model_dir(videobert_cache(), name))
@@ -438,11 +444,9 @@ def locate_asr_model(name: str, models_root: Path | None = None, download: bool 
         if (kept / "config.json").is_file():
             return kept
         looked.append(str(kept))
-    try:
-        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HF_PATTERNS,
-                                      cache_dir=constants.HF_HUB_CACHE))
-    except Exception:  # not in the cache (the hub raises several types)
-        looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+    cached = _from_hf_cache(name, looked)
+    if cached is not None:
+        return cached
     if name in OFFLINE_ASR_MODELS:
         package, inner, requirement = OFFLINE_ASR_MODELS[name]
         found = package_path(package, inner)
