@@ -52,7 +52,8 @@ def _setup_logging(quiet: bool, tag: str = "") -> logging.Logger:
 @click.option("--workers", type=int, help="Decode processes [1 on CPU, min(8, cores-1) on CUDA].")
 @click.option("--threads", type=int, help="torch intra-op threads [all cores on CPU].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="Encoder precision [auto: bf16 on CUDA GPUs that support it, else fp32].")
+              help="Encoder precision [auto: bf16 on CUDA GPUs that support it and on CPUs with native bf16 "
+              "(AVX512_BF16, AMX), else fp32].")
 @click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the image encoder.")
 @click.option("--video-model", help="torchvision backbone name [resnet50].")
 @click.option("--video-weights", help="Weights: torchvision name (IMAGENET1K_V2, DEFAULT), a state-dict file, "
