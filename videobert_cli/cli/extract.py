@@ -18,7 +18,6 @@ import click
 
 from ..config import ConfigError, load_config
 from ..exit_codes import EXIT_INTERRUPTED, EXIT_USAGE, EXTRACT_HELP
-from ..extract.session import ExtractRequest, SessionError, run_session
 from .messages import fail
 
 
@@ -94,6 +93,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     Failures are appended to OUT/failures.jsonl.
     """
     from ..extract.distribute import SplitError, resolve_part
+    from ..extract.session import ExtractRequest, SessionError, run_session
 
     try:
         config = load_config(config_file, overrides, flags)

@@ -19,7 +19,6 @@ from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
-import torch.utils.data
 
 from .schema import (ABSPATH, CLIP_COUNT, CLIP_VIDEO, CLIPS, END, FIRST_CLIP, FRAME_FEATURES, FRAME_INDICES,
                      FRAME_TIMES, FUSED, HAS_TEXT, JSON_ATTRS, PATH, SCHEMA_VERSION, SCHEMA_VERSION_ATTR, SHARD_GLOB,
@@ -223,6 +222,8 @@ class FeatureSet:
         }
 
     def dataset(self, fields: Sequence[str] = CLIP_FIELDS) -> "ClipDataset":
+        from .dataset import ClipDataset
+
         return ClipDataset(self, fields)
 
     def close(self) -> None:
@@ -231,17 +232,13 @@ class FeatureSet:
         self._handles = {}
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    def __init__(self, features: FeatureSet, fields: Sequence[str] = CLIP_FIELDS) -> None:
-        self.features = features
-        self.fields = tuple(fields)
+def __getattr__(name: str) -> Any:
+    """ClipDataset lives in store/dataset.py (it needs torch; reading shards does not)."""
+    if name == "ClipDataset":
+        from .dataset import ClipDataset
 
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.features.clip(index, self.fields)
-        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+        return ClipDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read_video_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
