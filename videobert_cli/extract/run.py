@@ -87,7 +87,7 @@ class Work:
     todo: list[VideoInput]
     summary: RunSummary  # with the skipped videos counted
     records: list[dict[str, Any]]  # the failure log, every part's, read once
-    started: float  # perf_counter when the run began deciding
+    seconds: float  # spent deciding (counted in the run's seconds; model loading is not)
 
 
 def select_work(inputs: list[VideoInput], problems: list[InputProblem], out: OutputDir,
@@ -99,16 +99,18 @@ def select_work(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     done = out.done_videos()
     records = out.failure_records()  # every part's log, read once
     failed_before = out.failed_videos(done, records)
-    return Work(_select(inputs, done, failed_before, options, summary), summary, records, started)
+    todo = _select(inputs, done, failed_before, options, summary)
+    return Work(todo, summary, records, time.perf_counter() - started)
 
 
 def record_problems(problems: list[InputProblem], out: OutputDir, work: Work,
                     on_video: Callable[[int], None] | None = None) -> RunSummary:
     """A run with nothing to extract: the input problems go to the failure log, and no model is loaded."""
+    started = time.perf_counter()
     log_ = _Failures(out, work.summary, work.records, on_video)
     for problem in problems:
         log_.fail(Failure(problem.given, "probe", "InputError", problem.reason), os.path.abspath(problem.given), None)
-    work.summary.seconds = time.perf_counter() - work.started
+    work.summary.seconds = time.perf_counter() - started + work.seconds
     return work.summary
 
 
@@ -121,7 +123,8 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
 
     cfg = extractor.config
     work = work or select_work(inputs, problems, out, options)
-    summary, records, started = work.summary, work.records, work.started
+    summary, records = work.summary, work.records
+    started = time.perf_counter() - work.seconds
     summary.video_weights_random = extractor.image.record.sha256 == "random"
     summary.precision = PRECISION_NAMES.get(extractor.precision, extractor.precision)
     pool = pool or DecodePool(extractor.workers, options.decode_timeout)

@@ -15,10 +15,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import h5py
 import numpy as np
+
+if TYPE_CHECKING:
+    from .dataset import ClipDataset
 
 from .schema import (ABSPATH, CLIP_COUNT, CLIP_VIDEO, CLIPS, END, FIRST_CLIP, FRAME_FEATURES, FRAME_INDICES,
                      FRAME_TIMES, FUSED, HAS_TEXT, JSON_ATTRS, PATH, SCHEMA_VERSION, SCHEMA_VERSION_ATTR, SHARD_GLOB,
