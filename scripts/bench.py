@@ -269,6 +269,38 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
+# Runs a command and writes its peak RSS (KiB) to the file descriptor given first. Through this small process, because Linux carries
+# a parent's peak RSS into a child it forks and execs (exec records the forked copy's high-water mark in
+# the new process's maxrss): a command started straight from this script, which holds ResNet-50 and BERT,
+# would report at least this script's RSS, whatever its own.
+PEAK_RSS = """
+import os, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, float, float]:
+    """(exit code, stdout, stderr, wall seconds, peak RSS in MB) of `command`. The peak is ru_maxrss of the
+    waited-for tree: its single largest process (main or a decode worker), not a sum."""
+    read, write = os.pipe()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", PEAK_RSS, str(write), *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, pass_fds=(write,), env=env)
+    os.close(write)
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - started
+    with os.fdopen(read) as pipe:
+        peak = pipe.read()
+    return proc.returncode, stdout, stderr, wall, round(int(peak or 0) / 1024, 1)
+
+
 def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace, nproc: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as out:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -276,16 +308,11 @@ def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace, np
                    "-o", out, "--quiet"]
         for item in sets:
             command += ["--set", item]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        stdout = proc.stdout.read()
-        stderr = proc.stderr.read()
-        if os.waitstatus_to_exitcode(status) != 0:
+        code, stdout, stderr, _, peak = run_measured(command)
+        if code != 0:
             raise SystemExit(f"bench: extract failed:\n{stderr}")
         summary = json.loads(stdout.strip().splitlines()[-1])
-    # ru_maxrss of a waited-for tree is the peak of its single largest process, not a sum: the main
-    # process or its decode worker (on CPU the worker was the largest before decord was parked).
-    summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    summary["peak_rss_mb"] = peak
     return summary
 
 

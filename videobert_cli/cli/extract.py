@@ -123,6 +123,9 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         bars.close()
     if outcome.echo_json:
         click.echo(json.dumps(outcome.summary))
+    from .main import QUICK_EXIT
+
+    QUICK_EXIT["ok"] = True  # shards written and closed, lock released, workers stopped: nothing left to unload
     sys.exit(outcome.exit_code)
 
 
