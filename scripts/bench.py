@@ -10,9 +10,15 @@ configs, no downloads; inputs are real decoded frames and real transcript text, 
   (e) the full `videobert extract` (a separate process)                       clips/s
   (f) peak RSS of (e), and of (e) on one long video
 Ideal: on the CPU the stages share the cores, so ideal = 1 / (sum of per-clip stage times);
-on a GPU the ideal is the slowest stage. Prints a table (stderr) and one JSON line (stdout).
+on a GPU the ideal is the slowest stage. The image-only ceiling is (b) in clips/s: what the run
+would reach if decoding, text, fusion and writing cost nothing.
 
-    python3 scripts/bench.py [--quick] [--device cpu|cuda] [--out FILE] [--corpus DIR]
+(b), (c), (e) and (f) depend on the encoders' precision: --precision both (the default) measures
+fp32 and what `auto` picks here (bf16 on a CPU with native bf16, see the capability line), side by
+side; the top-level figures of the JSON are auto's, each precision's are under "by_precision".
+Prints the CPU's capability and a table (stderr) and one JSON line (stdout).
+
+    python3 scripts/bench.py [--quick] [--device cpu|cuda] [--precision both|auto|fp32|bf16] [--out FILE]
 """
 
 from __future__ import annotations
@@ -113,10 +119,27 @@ def text_model(root: Path, quick: bool = False) -> Path:
     return folder
 
 
+def precisions(args: argparse.Namespace) -> list[str]:
+    """The --precision values to measure, as the names `extract` records (fp32, bf16, fp16); auto resolved
+    for this device. The last one is the headline (auto's)."""
+    import torch
+
+    from videobert_cli.device import resolve_device, resolve_precision
+    from videobert_cli.store.reader import PRECISION_NAMES
+
+    def name(spec: str) -> str:
+        dtype = resolve_precision(spec, resolve_device(args.device))
+        return PRECISION_NAMES[str(dtype or torch.float32).replace("torch.", "")]
+
+    wanted = ["fp32", "auto"] if args.precision == "both" else [args.precision]
+    return list(dict.fromkeys(name(spec) for spec in wanted))  # auto may be fp32: measured once
+
+
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from videobert_cli.config import load_config
+    from videobert_cli.device import cpu_capability
     from videobert_cli.extract.discover import discover
     from videobert_cli.fusion import FusionConfig, build_fusion
     from videobert_cli.extract.extractor import Extractor
@@ -128,9 +151,10 @@ def measure(args: argparse.Namespace) -> dict:
     short, long = corpus(root, args.quick)
     bert = text_model(root / "models", args.quick)
     sets = ["video_model=resnet50", "video_weights=random", f"text_model={bert}", f"device={args.device}",
-            f"batch_size={args.batch_size}"]
-    config = load_config(None, sets)
-    extractor = Extractor(config)
+            f"batch_size={args.batch_size}", *args.set]
+    names = precisions(args)
+    extractor = Extractor(load_config(None, [*sets, f"precision={names[-1]}"]))
+    config = extractor.config
     videos, _ = discover([str(p) for p in short])
 
     # (a) decode + preprocess: the worker's code path, on the same videos
@@ -144,30 +168,9 @@ def measure(args: argparse.Namespace) -> dict:
                 pixels_sample = message.pixels
     decode_s = time.perf_counter() - started
     frames_per_clip = config.frames_per_clip
-
-    # (b) image encoder on production-shaped uint8 batches (real decoded frames, tiled to the batch size)
-    reps = -(-args.batch_size // len(pixels_sample))
-    batch = torch.from_numpy(np.concatenate([pixels_sample] * reps)[: args.batch_size])
-    extractor.image.encode(batch, args.batch_size)  # warm-up
-    n_batches = max(1, (clips * frames_per_clip) // args.batch_size) if not args.quick else 1
-    n_batches = min(n_batches, args.max_image_batches)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(n_batches):
-        extractor.image.encode(batch, args.batch_size)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    image_fps = n_batches * args.batch_size / (time.perf_counter() - started)
-
-    # (c) text encoder on the corpus transcripts (every cue of every video)
     cues = [[c.words for c in read_transcript(p.with_suffix(".srt")).cues] for p in short]
-    started = time.perf_counter()
-    for video_cues in cues:
-        extractor.text.encode_cues(video_cues)
-    text_cps = clips / (time.perf_counter() - started)
 
-    # (d) fusion + write, on clip-shaped features
+    # (d) fusion + write, on clip-shaped features (the fusion runs in fp32 whatever the precision)
     fusion, _ = build_fusion(FusionConfig(extractor.image.feature_dim, extractor.text.feature_dim), 0, None)
     fusion.to(extractor.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,38 +194,111 @@ def measure(args: argparse.Namespace) -> dict:
                                        tokens.mean(1).cpu().numpy(), np.full(n, 16, np.int32)))
             writer.close()
         fuse_cps = clips / (time.perf_counter() - started)
+    workers, threads = extractor.workers, extractor.threads
     del extractor
 
-    # (e) the full extract, in its own process; (f) its peak RSS, and on the long video
-    e2e = run_extract([str(p) for p in short], sets, args)
-    long_run = run_extract([str(long)], sets, args)
-    # (g) optionally, the same extract split between torchrun ranks on this machine
-    ranks = run_extract([str(p) for p in short], sets, args, nproc=args.ranks) if args.ranks > 1 else None
+    # (b), (c) per precision, in this process: the image encoder on production-shaped uint8 batches (real
+    # decoded frames, tiled to the batch size), the text encoder on the corpus transcripts (every cue)
+    reps = -(-args.batch_size // len(pixels_sample))
+    batch = torch.from_numpy(np.concatenate([pixels_sample] * reps)[: args.batch_size])
+    n_batches = max(1, (clips * frames_per_clip) // args.batch_size) if not args.quick else 1
+    n_batches = min(n_batches, args.max_image_batches)
+    encoders: dict[str, dict] = {}
+    for name in names:
+        extractor = Extractor(load_config(None, [*sets, f"precision={name}"]))
+        assert extractor.precision.startswith({"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[name])
+        extractor.image.encode(batch, args.batch_size)  # warm-up
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(n_batches):
+            extractor.image.encode(batch, args.batch_size)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        image_fps = n_batches * args.batch_size / (time.perf_counter() - started)
+        extractor.text.encode_cues(cues[0][:4])  # warm-up
+        started = time.perf_counter()
+        for video_cues in cues:
+            extractor.text.encode_cues(video_cues)
+        encoders[name] = {"image_fps": image_fps, "text_cps": clips / (time.perf_counter() - started)}
+        del extractor
 
-    per_clip = {"decode": decode_s / clips, "image": frames_per_clip / image_fps, "text": 1 / text_cps,
-                "fuse_write": 1 / fuse_cps}
-    if args.device.startswith("cuda"):
-        ideal = min(1 / t for t in per_clip.values())
-    else:
-        ideal = 1 / sum(per_clip.values())
+    # (e) the full extract, in its own process; (f) its peak RSS, and on the long video
+    by_precision = {}
+    for name in names:
+        run_sets = [*sets, f"precision={name}"]
+        e2e = run_extract([str(p) for p in short], run_sets, args)
+        long_run = run_extract([str(long)], run_sets, args) if not args.skip_long else None
+        per_clip = {"decode": decode_s / clips, "image": frames_per_clip / encoders[name]["image_fps"],
+                    "text": 1 / encoders[name]["text_cps"], "fuse_write": 1 / fuse_cps}
+        if args.device.startswith("cuda"):
+            ideal = min(1 / t for t in per_clip.values())
+        else:
+            ideal = 1 / sum(per_clip.values())
+        by_precision[name] = {
+            "precision_recorded": e2e.get("precision"),
+            "b_image_frames_per_s": round(encoders[name]["image_fps"], 2),
+            "c_text_clips_per_s": round(encoders[name]["text_cps"], 2),
+            "e_extract_clips_per_s": e2e["clips_per_second"],
+            "image_ceiling_clips_per_s": round(encoders[name]["image_fps"] / frames_per_clip, 3),
+            "ideal_clips_per_s": round(ideal, 3),
+            "ratio": round(e2e["clips_per_second"] / ideal, 3),
+            "share_of_clip_time": {k: round(v * ideal, 3) for k, v in per_clip.items()},
+            "f_peak_rss_mb_corpus": e2e["peak_rss_mb"],
+            **({"f_peak_rss_mb_long_video": long_run["peak_rss_mb"],
+                "rss_long_over_corpus": round(long_run["peak_rss_mb"] / e2e["peak_rss_mb"], 3),
+                "long_video_clips": long_run["clips"]} if long_run else {}),
+        }
+    # (g) optionally, the same extract split between torchrun ranks on this machine (auto's precision)
+    ranks = (run_extract([str(p) for p in short], [*sets, f"precision={names[-1]}"], args, nproc=args.ranks)
+             if args.ranks > 1 else None)
+
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, device {args.device}",
+                   f"{threads} threads and {workers} decode worker(s), device {args.device}",
+        "cpu_capability": cpu_capability().describe(),
+        "precision": names[-1],
         "quick": args.quick, "clips": clips, "batch_size": args.batch_size, "frames_per_clip": frames_per_clip,
+        "load_average": round(os.getloadavg()[0], 2),
         "a_decode_clips_per_s": round(clips / decode_s, 2),
-        "b_image_frames_per_s": round(image_fps, 2),
-        "c_text_clips_per_s": round(text_cps, 2),
         "d_fuse_write_clips_per_s": round(fuse_cps, 2),
-        "e_extract_clips_per_s": e2e["clips_per_second"],
-        "ideal_clips_per_s": round(ideal, 3),
-        "ratio": round(e2e["clips_per_second"] / ideal, 3),
-        "f_peak_rss_mb_corpus": e2e["peak_rss_mb"],
-        "f_peak_rss_mb_long_video": long_run["peak_rss_mb"],
-        "rss_long_over_corpus": round(long_run["peak_rss_mb"] / e2e["peak_rss_mb"], 3),
-        "long_video_clips": long_run["clips"],
+        **by_precision[names[-1]],
+        "by_precision": by_precision,
         **({"g_ranks": args.ranks, "g_torchrun_clips_per_s": ranks["clips_per_second"],
             "g_rank_clips_per_s": [r["clips_per_second"] for r in ranks["ranks"]]} if ranks else {}),
     }
+
+
+# Runs a command and writes its peak RSS (KiB) to the file descriptor given first. Through this small process, because Linux carries
+# a parent's peak RSS into a child it forks and execs (exec records the forked copy's high-water mark in
+# the new process's maxrss): a command started straight from this script, which holds ResNet-50 and BERT,
+# would report at least this script's RSS, whatever its own.
+PEAK_RSS = """
+import os, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, float, float]:
+    """(exit code, stdout, stderr, wall seconds, peak RSS in MB) of `command`. The peak is ru_maxrss of the
+    waited-for tree: its single largest process (main or a decode worker), not a sum."""
+    read, write = os.pipe()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", PEAK_RSS, str(write), *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, pass_fds=(write,), env=env)
+    os.close(write)
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - started
+    with os.fdopen(read) as pipe:
+        peak = pipe.read()
+    return proc.returncode, stdout, stderr, wall, round(int(peak or 0) / 1024, 1)
 
 
 def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace, nproc: int = 1) -> dict:
@@ -232,16 +308,11 @@ def run_extract(inputs: list[str], sets: list[str], args: argparse.Namespace, np
                    "-o", out, "--quiet"]
         for item in sets:
             command += ["--set", item]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        stdout = proc.stdout.read()
-        stderr = proc.stderr.read()
-        if os.waitstatus_to_exitcode(status) != 0:
+        code, stdout, stderr, _, peak = run_measured(command)
+        if code != 0:
             raise SystemExit(f"bench: extract failed:\n{stderr}")
         summary = json.loads(stdout.strip().splitlines()[-1])
-    # ru_maxrss of a waited-for tree is the peak of its single largest process, not a sum: the main
-    # process or its decode worker (on CPU the worker was the largest before decord was parked).
-    summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    summary["peak_rss_mb"] = peak
     return summary
 
 
@@ -249,29 +320,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small corpus: a smoke run, not a measurement")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="both", choices=["both", "auto", "fp32", "bf16", "fp16"],
+                        help="encoder precision(s) measured; both = fp32 and what auto picks here")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-image-batches", type=int, default=8, help="cap on batches timed in (b)")
     parser.add_argument("--corpus", type=Path, default=Path(".bench"), help="where the corpus is made or reused")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--ranks", type=int, default=1, help="also run (e) as N torchrun ranks: (g)")
+    parser.add_argument("--skip-long", action="store_true", help="leave out (f) on the long video")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config for every run, e.g. threads=1 or workers=2 (repeatable)")
     args = parser.parse_args()
     if args.quick:
         args.corpus = args.corpus / "quick"
     result = measure(args)
-    rows = [("(a) decode + preprocess", f"{result['a_decode_clips_per_s']} clips/s"),
-            ("(b) image encoder", f"{result['b_image_frames_per_s']} frames/s"),
-            ("(c) text encoder", f"{result['c_text_clips_per_s']} clips/s"),
-            ("(d) fusion + write", f"{result['d_fuse_write_clips_per_s']} clips/s"),
-            ("(e) extract, end to end", f"{result['e_extract_clips_per_s']} clips/s"),
-            ("ideal", f"{result['ideal_clips_per_s']} clips/s"), ("ratio e / ideal", str(result["ratio"])),
-            ("(f) peak RSS, corpus / long video", f"{result['f_peak_rss_mb_corpus']} / "
-                                                   f"{result['f_peak_rss_mb_long_video']} MB")]
+    names = list(result["by_precision"])
+    per = result["by_precision"]
+
+    def row(name: str, key: str, unit: str) -> tuple[str, ...]:
+        return (name, *[f"{per[p][key]} {unit}" if key in per[p] else "-" for p in names])
+
+    rows = [("(a) decode + preprocess", *[f"{result['a_decode_clips_per_s']} clips/s"] * len(names)),
+            row("(b) image encoder", "b_image_frames_per_s", "frames/s"),
+            row("(c) text encoder", "c_text_clips_per_s", "clips/s"),
+            ("(d) fusion + write", *[f"{result['d_fuse_write_clips_per_s']} clips/s"] * len(names)),
+            row("image-only ceiling ((b) / frames per clip)", "image_ceiling_clips_per_s", "clips/s"),
+            row("ideal (1 / sum of per-clip times)", "ideal_clips_per_s", "clips/s"),
+            row("(e) extract, end to end", "e_extract_clips_per_s", "clips/s"),
+            ("ratio e / ideal", *[str(per[p]["ratio"]) for p in names]),
+            ("(f) peak RSS, corpus / long video",
+             *[f"{per[p]['f_peak_rss_mb_corpus']} / {per[p].get('f_peak_rss_mb_long_video', '-')} MB" for p in names])]
     if "g_ranks" in result:
-        rows.append((f"(g) {result['g_ranks']} torchrun ranks", f"{result['g_torchrun_clips_per_s']} clips/s "
-                     f"(ranks: {', '.join(map(str, result['g_rank_clips_per_s']))})"))
+        rows.append((f"(g) {result['g_ranks']} torchrun ranks ({result['precision']})",
+                     f"{result['g_torchrun_clips_per_s']} clips/s (ranks: "
+                     f"{', '.join(map(str, result['g_rank_clips_per_s']))})"))
     print(result["machine"], file=sys.stderr)
-    for name, value in rows:
-        print(f"  {name:<36} {value}", file=sys.stderr)
+    print(f"CPU: {result['cpu_capability']}; auto runs {result['precision']} here", file=sys.stderr)
+    print(f"  {'':<44} " + " ".join(f"{p:<22}" for p in names), file=sys.stderr)
+    for name, *values in rows:
+        print(f"  {name:<44} " + " ".join(f"{v:<22}" for v in values), file=sys.stderr)
     line = json.dumps(result)
     print(line)
     if args.out:

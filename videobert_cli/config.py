@@ -74,7 +74,8 @@ class ExtractConfig:
     text_batch_size: int = _marked(64, EXECUTION)  # sentences per text-encoder forward
     workers: int | None = _marked(None, EXECUTION)  # decode processes; None = 1 on CPU, min(8, cores-1) on CUDA
     threads: int | None = _marked(None, EXECUTION)  # torch intra-op threads; None = all cores on CPU
-    # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA GPUs that support it, else fp32
+    # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA GPUs that support it and on CPUs with native bf16
+    # (AVX512_BF16 or AMX), else fp32
     precision: str = _marked("auto", EXECUTION)
     compile: bool = _marked(False, EXECUTION)  # torch.compile the image encoder
     # output

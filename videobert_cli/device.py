@@ -2,13 +2,14 @@
 
 `extract`, `train`, `fuse` and `evaluate` share one device rule (auto is the GPU when there is one; a
 device that is asked for but absent is an error, never a silent CPU run), so it lives here, above
-both families; the precision follows from the device. `library_versions` is what the shards record
-of the software that shaped them.
+both families; the precision follows from the device (and, on the CPU, from what its instructions can do
+natively: `cpu_capability`). `library_versions` is what the shards record of the software that shaped them.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
@@ -30,10 +31,61 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class CpuCapability:
+    """What this CPU's vector units can do, as torch (oneDNN's CPU detection) sees it."""
+
+    isa: str  # torch's kernel level: "AVX512", "AVX2", "DEFAULT", ... ("unknown" if torch cannot say)
+    avx2: bool = False
+    avx512: bool = False
+    avx512_bf16: bool = False  # AVX512_BF16: bf16 dot products in hardware (Zen 4+, Cooper Lake, Sapphire Rapids)
+    amx: bool = False  # AMX tiles (Sapphire Rapids+): bf16 matrix units
+    vnni: bool = False
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 runs in hardware here; without it oneDNN emulates bf16 (slower than fp32)."""
+        return self.avx512_bf16 or self.amx
+
+    def describe(self) -> str:
+        """One line: "AVX512: AVX2, AVX-512, AVX512_BF16, VNNI, no AMX (native bf16)"."""
+        flags = [("AVX2", self.avx2), ("AVX-512", self.avx512), ("AVX512_BF16", self.avx512_bf16),
+                 ("VNNI", self.vnni), ("AMX", self.amx)]
+        named = ", ".join(name if on else f"no {name}" for name, on in flags)
+        return f"{self.isa}: {named} ({'native bf16' if self.native_bf16 else 'bf16 emulated: fp32 is used'})"
+
+
+def cpu_capability() -> CpuCapability:
+    """This CPU's capability, from torch's own checks (private helpers, stable since torch 2.1); if they are
+    missing, nothing is assumed (so `auto` stays fp32)."""
+    try:
+        isa = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        isa = "unknown"
+
+    def check(name: str) -> bool:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            return bool(probe()) if probe is not None else False
+        except RuntimeError:
+            return False
+
+    return CpuCapability(isa=isa, avx2=check("_is_avx2_supported"), avx512=check("_is_avx512_supported"),
+                         avx512_bf16=check("_is_avx512_bf16_supported"), amx=check("_is_amx_tile_supported"),
+                         vnni=check("_is_vnni_supported"))
+
+
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `spec` on `device`; None = plain fp32."""
+    """The autocast dtype for `spec` on `device`; None = plain fp32.
+
+    auto is bf16 on CUDA GPUs that support it and on CPUs that run bf16 natively (AVX512_BF16 or AMX:
+    ResNet-50 2.2x faster than fp32, features at cosine 0.99999), fp32 everywhere else (on AVX2 or plain
+    AVX-512, bf16 would be emulated and slower). `torch.ops.mkldnn._is_mkldnn_bf16_supported` is not
+    asked: it is True on plain AVX-512 too, where bf16 is emulated."""
     if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_capability().native_bf16 else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec]
 
 

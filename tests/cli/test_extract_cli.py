@@ -309,3 +309,66 @@ def test_text_that_is_not_fused_is_a_stored_warning(tmp_path: Path, tiny_args: l
     # clip 0: the, big, square, moves, left = 5 tokens (the huge word has none) -> 2 cut
     assert any("1 clip(s) had more than max_text_tokens=3 tokens; 2 token(s)" in w for w in warnings), warnings
     assert feats.clip(0)["text"] == f"the big {huge} square moves left"  # clips/text keeps every word
+
+
+LOADED = """
+import sys
+from videobert_cli.cli.main import main
+code = 0
+try:
+    main(sys.argv[1:], prog_name="videobert")
+except SystemExit as exc:
+    code = exc.code
+print("LOADED", sorted(m for m in ("torch", "torchvision", "transformers", "h5py") if m in sys.modules), code,
+      file=sys.stderr)
+"""
+
+
+def loaded_modules(*args: str) -> tuple[list[str], int, str]:
+    """Run the command line in a fresh interpreter: the heavy modules it imported, its exit code, stdout."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    line = [line for line in proc.stderr.splitlines() if line.startswith("LOADED ")][-1]
+    modules, _, code = line[len("LOADED "):].rpartition(" ")
+    return ast.literal_eval(modules), int(code), proc.stdout
+
+
+def test_help_and_the_package_import_no_torch() -> None:
+    modules, code, stdout = loaded_modules("--help")
+    assert code == 0 and "extract" in stdout and modules == []
+    modules, code, stdout = loaded_modules("extract", "--help")
+    assert code == 0 and "--precision" in stdout and modules == []
+
+
+def test_a_rerun_with_nothing_new_loads_no_model(corpus: dict[str, Path], tiny_args: list[str], monkeypatch) -> None:
+    """A cron run after the last one finished: every video is done, so it decides that before any model
+    loads, and never imports torch; a changed setting is still refused, and a bad path still recorded."""
+    out = corpus["root"] / "noop"
+    video = str(corpus["talks"] / "a.mp4")
+    first = run(["extract", video, "-o", str(out), *tiny_args])
+    assert first.exit_code == 0 and json.loads(first.stdout)["precision"] in ("fp32", "bf16")
+
+    from videobert_cli.extract import extractor
+
+    def no_models(*_: object, **__: object) -> None:
+        raise AssertionError("a run with nothing to extract loaded the models")
+
+    monkeypatch.setattr(extractor.Extractor, "__init__", no_models)
+    again = run(["extract", video, "-o", str(out), *tiny_args])
+    assert again.exit_code == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["videos_skipped"] == 1 and summary["videos_done"] == 0 and summary["precision"] is None
+    other = run(["extract", video, "-o", str(out), "--clip-seconds", "2", *tiny_args])
+    assert other.exit_code == 2 and "other settings (clip_seconds)" in other.stderr
+    missing = run(["extract", video, str(corpus["root"] / "gone.mp4"), "-o", str(out), *tiny_args])
+    assert missing.exit_code == 1 and json.loads(missing.stdout)["failures"][0]["stage"] == "probe"
+
+    modules, code, stdout = loaded_modules("extract", video, "-o", str(out), *tiny_args)
+    assert code == 0 and json.loads(stdout)["videos_skipped"] == 1
+    assert "torch" not in modules and "transformers" not in modules, modules

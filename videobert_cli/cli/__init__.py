@@ -1,5 +1,5 @@
 """The command line: click commands that parse options, call the library and print results."""
 
-from .main import main
+from .main import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

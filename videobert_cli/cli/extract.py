@@ -18,7 +18,6 @@ import click
 
 from ..config import ConfigError, load_config
 from ..exit_codes import EXIT_INTERRUPTED, EXIT_USAGE, EXTRACT_HELP
-from ..extract.session import ExtractRequest, SessionError, run_session
 from .messages import fail
 
 
@@ -52,7 +51,8 @@ def _setup_logging(quiet: bool, tag: str = "") -> logging.Logger:
 @click.option("--workers", type=int, help="Decode processes [1 on CPU, min(8, cores-1) on CUDA].")
 @click.option("--threads", type=int, help="torch intra-op threads [all cores on CPU].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="Encoder precision [auto: bf16 on CUDA GPUs that support it, else fp32].")
+              help="Encoder precision [auto: bf16 on CUDA GPUs that support it and on CPUs with native bf16 "
+              "(AVX512_BF16, AMX), else fp32].")
 @click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the image encoder.")
 @click.option("--video-model", help="torchvision backbone name [resnet50].")
 @click.option("--video-weights", help="Weights: torchvision name (IMAGENET1K_V2, DEFAULT), a state-dict file, "
@@ -102,6 +102,7 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
     Failures are appended to OUT/failures.jsonl.
     """
     from ..extract.distribute import SplitError, resolve_part
+    from ..extract.session import ExtractRequest, SessionError, run_session
 
     try:
         config = load_config(config_file, overrides, flags)
@@ -132,6 +133,9 @@ def extract(inputs: tuple[str, ...], out_dir: Path, transcripts_dir: Path | None
         bars.close()
     if outcome.echo_json:
         click.echo(json.dumps(outcome.summary))
+    from .main import QUICK_EXIT
+
+    QUICK_EXIT["ok"] = True  # shards written and closed, lock released, workers stopped: nothing left to unload
     sys.exit(outcome.exit_code)
 
 

@@ -32,3 +32,24 @@ main.add_command(fuse)
 main.add_command(vocab)
 main.add_command(tokenize)
 main.add_command(export_sequences)
+
+# Set by a command whose work is all on disk when it returns (extract): the program may then end
+# without unloading its modules (torch's take ~1 s of an `extract`'s wall time).
+QUICK_EXIT = {"ok": False}
+
+
+def run() -> None:
+    """The `videobert` program (console script and `python -m videobert_cli`): `main`, then, after an
+    extract, an immediate exit once stdout and stderr are flushed."""
+    import os
+    import sys
+
+    try:
+        main(prog_name="videobert")
+    except SystemExit as exc:
+        if not QUICK_EXIT["ok"]:
+            raise
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

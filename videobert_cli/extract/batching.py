@@ -13,17 +13,19 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from ..store.writer import ShardWriter, VideoResult
 from .discover import VideoInput
 from .failures import Failure
 from .workers import Chunk, Header
 
-Encode = Callable[[torch.Tensor, int], torch.Tensor]  # (uint8 frames, batch size) -> (frames, d) features
+if TYPE_CHECKING:  # torch comes in with the models (a run with nothing to do never imports it)
+    import torch
+
+Encode = Callable[["torch.Tensor", int], "torch.Tensor"]  # (uint8 frames, batch size) -> (frames, d) features
 
 
 @dataclass
@@ -74,6 +76,8 @@ class FrameBatcher:
         """One forward pass over everything waiting (a few batches at most); features go back to their videos."""
         if not self.waiting:
             return
+        import torch
+
         pixels = torch.from_numpy(np.concatenate([c.pixels for _, c in self.waiting]))
         try:
             encoded = self.encode_frames(pixels, self.batch_size)

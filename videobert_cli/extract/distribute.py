@@ -172,6 +172,7 @@ def combine_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "failures": [failure for s in summaries for failure in s.get("failures", [])],
         "run_warnings": [warning for s in summaries for warning in s.get("run_warnings", [])],
         "video_weights_random": any(s.get("video_weights_random") for s in summaries),
+        "precision": next((s["precision"] for s in summaries if s.get("precision")), None),
         "interrupted": any(s.get("interrupted") for s in summaries),
         "ranks": [{"rank": rank, **{k: s.get(k) for k in ("videos_total", "videos_done", "videos_failed",
                                                             "videos_skipped", "clips", "seconds",

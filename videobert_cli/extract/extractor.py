@@ -92,7 +92,7 @@ class Extractor:
     @property
     def precision(self) -> str:
         """The dtype the encoders run at ("float32", "bfloat16", "float16"): --precision resolved for
-        this device (auto is bf16 on CUDA GPUs that support it, fp32 elsewhere)."""
+        this device (auto is bf16 on CUDA GPUs that support it and on CPUs with native bf16, fp32 elsewhere)."""
         return str(self.image.amp_dtype or torch.float32).replace("torch.", "")
 
     def task_for(self, item: VideoInput) -> VideoTask:

@@ -1,9 +1,12 @@
 """The extraction run: discover -> plan -> decode -> encode -> fuse -> write.
 
-`run_extract` skips what the output folder already holds, hands the rest to the decode workers,
-and takes their chunks in input order: frames go to the batcher, finished videos to the writer.
-A failed video is logged and recorded in the failure log, and the run goes on; a stop request
-ends it after the videos already decoded are written. It returns a `RunSummary`.
+`select_work` decides, from the output folder alone, what a run must extract (before any model
+loads: a run with nothing new ends there, `record_problems`). `run_extract` hands the rest to the
+decode workers and takes their chunks in input order: frames go to the batcher, finished videos to
+the writer. A failed video is logged and recorded in the failure log, and the run goes on; a stop
+request ends it after the videos already decoded are written. It returns a `RunSummary`.
+
+Importing this module does not import torch (the batcher and the models come in with run_extract).
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..store.outdir import OutputDir
 from ..store.writer import ShardWriter
 from .batching import BackgroundWriter, BatchFailed, FrameBatcher, VideoInProgress
 from .discover import InputProblem, VideoInput
-from .extractor import Extractor
 from .failures import Failure, VideoFailed
 from .asr import AsrPass
 from .sources import needs_recognition
 from .subtitles import parse_languages
 from .workers import Chunk, DecodePool, Header
+
+if TYPE_CHECKING:
+    from .extractor import Extractor
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class RunSummary:
     warnings: int = 0  # warnings logged: the videos' (stored in their rows) and the run's
     run_warnings: list[str] = field(default_factory=list)  # the run's own (e.g. a change of precision)
     video_weights_random: bool = False
+    precision: str | None = None  # what the encoders ran at (fp32, bf16, fp16); None when nothing was loaded
     interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,17 +83,53 @@ class RunOptions:
     first_shard: int | None = None  # number of the first shard written (agreed by torchrun ranks)
 
 
-def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: OutputDir, extractor: Extractor,
-                options: RunOptions, on_video: Callable[[int], None] | None = None,
-                pool: DecodePool | None = None) -> RunSummary:
-    """Extract what is not done yet; failures go to the failure log; completed shards are never touched."""
-    cfg = extractor.config
+@dataclass
+class Work:
+    """What a run must extract, decided from the output folder before any model loads."""
+
+    todo: list[VideoInput]
+    summary: RunSummary  # with the skipped videos counted
+    records: list[dict[str, Any]]  # the failure log, every part's, read once
+    seconds: float  # spent deciding (counted in the run's seconds; model loading is not)
+
+
+def select_work(inputs: list[VideoInput], problems: list[InputProblem], out: OutputDir,
+                options: RunOptions) -> Work:
+    """The videos not done yet (not in a completed shard, or changed since; failed before only if changed
+    or with --retry-failed), from the output folder's shards and failure log alone."""
     started = time.perf_counter()
     summary = RunSummary(videos_total=len(inputs) + len(problems))
-    summary.video_weights_random = extractor.image.record.sha256 == "random"
     done = out.done_videos()
     records = out.failure_records()  # every part's log, read once
     failed_before = out.failed_videos(done, records)
+    todo = _select(inputs, done, failed_before, options, summary)
+    return Work(todo, summary, records, time.perf_counter() - started)
+
+
+def record_problems(problems: list[InputProblem], out: OutputDir, work: Work,
+                    on_video: Callable[[int], None] | None = None) -> RunSummary:
+    """A run with nothing to extract: the input problems go to the failure log, and no model is loaded."""
+    started = time.perf_counter()
+    log_ = _Failures(out, work.summary, work.records, on_video)
+    for problem in problems:
+        log_.fail(Failure(problem.given, "probe", "InputError", problem.reason), os.path.abspath(problem.given), None)
+    work.summary.seconds = time.perf_counter() - started + work.seconds
+    return work.summary
+
+
+def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: OutputDir, extractor: Extractor,
+                options: RunOptions, on_video: Callable[[int], None] | None = None,
+                pool: DecodePool | None = None, work: Work | None = None) -> RunSummary:
+    """Extract what is not done yet (`work`, or selected here); failures go to the failure log; completed
+    shards are never touched."""
+    from ..store.reader import PRECISION_NAMES
+
+    cfg = extractor.config
+    work = work or select_work(inputs, problems, out, options)
+    summary, records = work.summary, work.records
+    started = time.perf_counter() - work.seconds
+    summary.video_weights_random = extractor.image.record.sha256 == "random"
+    summary.precision = PRECISION_NAMES.get(extractor.precision, extractor.precision)
     pool = pool or DecodePool(extractor.workers, options.decode_timeout)
     writer = BackgroundWriter(ShardWriter(out.path, extractor.shard_attrs(), shard_size=cfg.shard_size,
                                           dtype=cfg.dtype, save_frames=cfg.save_frames, save_tokens=cfg.save_tokens,
@@ -100,8 +142,7 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
         for problem in problems:
             run.fail(Failure(problem.given, "probe", "InputError", problem.reason), os.path.abspath(problem.given),
                      None)
-        todo = _select(inputs, done, failed_before, options, summary)
-        task_of = extractor.task_for
+        todo, task_of = work.todo, extractor.task_for
         if extractor.asr is not None:
             todo, task_of, asr = _start_recognition(todo, extractor, out, options)
         for item, messages in pool.run(todo, task_of):
@@ -123,17 +164,41 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     return summary
 
 
-class _Run:
+class _Failures:
+    """Failed videos: logged, appended to the failure log, counted in the summary."""
+
+    def __init__(self, out: OutputDir, summary: RunSummary, records: list[dict[str, Any]],
+                 on_video: Callable[[int], None] | None) -> None:
+        self.out, self.summary, self.on_video = out, summary, on_video
+        self.attempts = Counter(record["abspath"] for record in records)  # earlier failures per video
+
+    def fail_video(self, failure: Failure, item: VideoInput) -> None:
+        self.fail(failure, str(item.path), _stat(item.path))
+
+    def fail(self, failure: Failure, abspath: str, stat: os.stat_result | None) -> None:
+        """Log the failure, append it to the failure log (with the file's size and mtime, to tell later
+        whether it changed) and count it."""
+        failure, abspath = replace(failure, path=printable(failure.path)), printable(abspath)
+        log.error("%s: %s: %s", failure.path, failure.stage, failure.message)
+        self.out.record_failure(**asdict(failure), abspath=abspath, attempt=self.attempts[abspath] + 1,
+                                size=stat.st_size if stat else None, mtime=stat.st_mtime if stat else None)
+        self.summary.videos_failed += 1
+        self.summary.failures.append({"path": failure.path, "stage": failure.stage, "reason": failure.message})
+        if self.on_video:
+            self.on_video(0)
+
+
+class _Run(_Failures):
     """The videos between decode and write (kept in input order, so rows are written in that order),
     and what happened to each: written, or failed and recorded."""
 
     def __init__(self, extractor: Extractor, out: OutputDir, writer: BackgroundWriter, summary: RunSummary,
                  records: list[dict[str, Any]], on_video: Callable[[int], None] | None) -> None:
+        super().__init__(out, summary, records, on_video)
         cfg = extractor.config
-        self.extractor, self.out, self.writer, self.summary, self.on_video = extractor, out, writer, summary, on_video
+        self.extractor, self.writer = extractor, writer
         self.batcher = FrameBatcher(extractor.image.encode, cfg.batch_size, cfg.frames_per_clip)
         self.in_order: deque[VideoInProgress] = deque()  # decoded or decoding, written in input order
-        self.attempts = Counter(record["abspath"] for record in records)  # earlier failures per video
 
     def take(self, item: VideoInput, messages: Iterator[Header | Chunk | Failure], stop: StopRequest) -> bool:
         """Feed one video's decoded chunks to the batcher and write what is ready; False: the run must stop."""
@@ -201,20 +266,6 @@ class _Run:
             self.batcher.drop(video)
             self.in_order.remove(video)
 
-    def fail_video(self, failure: Failure, item: VideoInput) -> None:
-        self.fail(failure, str(item.path), _stat(item.path))
-
-    def fail(self, failure: Failure, abspath: str, stat: os.stat_result | None) -> None:
-        """Log the failure, append it to the failure log (with the file's size and mtime, to tell later
-        whether it changed) and count it."""
-        failure, abspath = replace(failure, path=printable(failure.path)), printable(abspath)
-        log.error("%s: %s: %s", failure.path, failure.stage, failure.message)
-        self.out.record_failure(**asdict(failure), abspath=abspath, attempt=self.attempts[abspath] + 1,
-                                size=stat.st_size if stat else None, mtime=stat.st_mtime if stat else None)
-        self.summary.videos_failed += 1
-        self.summary.failures.append({"path": failure.path, "stage": failure.stage, "reason": failure.message})
-        if self.on_video:
-            self.on_video(0)
 
 
 def _select(inputs: list[VideoInput], done: dict, failed_before: dict, options: RunOptions,

@@ -1,11 +1,17 @@
 """One `extract` invocation: output folder, models and (under torchrun) the ranks, then the run.
 
 The steps, in order: discover the inputs (rank 0 only, under torchrun), lock the output
-folder (or this part of it), load every model, take this process's part of the list, run
-the pipeline, and summarise. torchrun ranks stay in step: each collective below is reached
-by every rank, and an error on any rank ends them all with that rank's message.
+folder (or this part of it), take this process's part of the list and decide what is left to
+do, load every model, run the pipeline, and summarise. torchrun ranks stay in step: each
+collective below is reached by every rank, and an error on any rank ends them all with that
+rank's message.
 
-Heavy imports (torch, h5py, the pipeline) happen inside run_session so `--help` stays quick.
+A run with nothing new to extract (a cron run after the last one finished) ends before any
+model loads, and without importing torch: it records the input problems, checks the folder's
+settings against the config (not the weights' checksums, which need the models) and
+summarises. torchrun ranks always go the whole way, since they agree on the models first.
+
+Heavy imports (torch, the pipeline) happen inside run_session so `--help` stays quick.
 """
 
 from __future__ import annotations
@@ -66,27 +72,18 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
                 install_stop: Callable[[Any], dict] | None = None) -> Outcome:
     """Run one extract. on_start(videos, is_leader) comes before the first video, on_video(clips) after
     each; install_stop(stop_request) installs signal handlers and returns the previous ones."""
-    import torch
-
-    from ..device import resolve_device
     from .discover import discover
-    from .distribute import Group, SplitError, combine_summaries, device_for, file_size, take_part
+    from .distribute import Group, combine_summaries, file_size, take_part
     from ..weights.resolve import ModelError
     from ..store.outdir import LockHeld, OutputDir
-    from .extractor import Extractor, plan_cpu_split
-    from .run import RunOptions
+    from .run import RunOptions, select_work
     from .workers import DecodePool
 
     part = request.part
-    try:
-        config = dataclasses.replace(request.config,
-                                     device=device_for(request.config.device, part, torch.cuda.is_available()))
-        device = resolve_device(config.device)
-    except (SplitError, ModelError) as exc:
-        raise SessionError(str(exc), EXIT_USAGE) from None
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # this rank's GPU is the current one, for nccl and for allocations
-    group = Group.start(part, cuda=device.type == "cuda")
+    config, device = request.config, None
+    if part.torchrun:  # the ranks' process group needs the device; a lone process resolves it once there is work
+        config, device = _device(request.config, part)
+    group = Group.start(part, cuda=device is not None and device.type == "cuda")
 
     def agree(error: tuple[str, int] | None, cleanup: Callable[[], Any] = lambda: None) -> None:
         """Go on only if no rank failed; otherwise every rank ends with the first failed rank's error."""
@@ -131,10 +128,26 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
             out.clear()
         first_shard = out.next_shard_index()
     first_shard = group.broadcast(first_shard)  # also holds the other ranks until rank 0 has cleared
+    out.remove_temporary()
+    mine = take_part(videos, sizes, part)
+    mine_problems = problems if part.index == 0 else []  # recorded once, by part 0
+    options = RunOptions(retry_failed=request.retry_failed, fail_fast=request.fail_fast,
+                         decode_timeout=request.decode_timeout, first_shard=first_shard)
+    work = select_work(mine, mine_problems, out, options)
+    if not work.todo and not part.torchrun:
+        return _nothing_to_extract(config, out, mine_problems, work, part, on_video, on_start)
+
+    from .extractor import Extractor, plan_cpu_split
+
+    if device is None:
+        try:
+            config, device = _device(config, part)
+        except SessionError:
+            out.unlock()
+            raise
     pool = DecodePool(plan_cpu_split(config, device)[0], request.decode_timeout)  # starts while models load
     error, extractor, run_warnings, vocab = None, None, [], None
     try:
-        out.remove_temporary()
         extractor = Extractor(config, request.models_dir)  # every model resolves before any video is decoded
         run_warnings = check_same_setup(out, extractor)
         vocab = load_run_vocab(request.visual_vocab, extractor)  # refused before any video is decoded
@@ -149,15 +162,11 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     for warning in run_warnings:
         log.warning("%s", warning)
 
-    mine = take_part(videos, sizes, part)
-    mine_problems = problems if part.index == 0 else []  # recorded once, by part 0
     if on_start:
         on_start(len(mine) + len(mine_problems), group.leader)
-    options = RunOptions(retry_failed=request.retry_failed, fail_fast=request.fail_fast,
-                         decode_timeout=request.decode_timeout, first_shard=first_shard)
     previous = install_stop(options.stop) if install_stop else {}
     try:
-        summary = _run(mine, mine_problems, out, extractor, options, on_video, pool, part)
+        summary = _run(mine, mine_problems, out, extractor, options, on_video, pool, part, work)
         if vocab is not None and summary.get("shards"):
             summary["visual_words"] = tokenize_new_shards(summary, vocab, device)
         summary["run_warnings"] = summary.get("run_warnings", []) + run_warnings
@@ -184,14 +193,56 @@ def run_session(request: ExtractRequest, on_video: Callable[[int], None] | None 
     return Outcome(combined, combined["exit_code"] if group.leader else EXIT_OK, echo_json=group.leader)
 
 
+def _device(config: ExtractConfig, part: Part) -> tuple[ExtractConfig, Any]:
+    """The config with this process's device, and that device (imports torch)."""
+    import torch
+
+    from ..device import resolve_device
+    from ..weights.resolve import ModelError
+    from .distribute import SplitError, device_for
+
+    try:
+        config = dataclasses.replace(config, device=device_for(config.device, part, torch.cuda.is_available()))
+        device = resolve_device(config.device)
+    except (SplitError, ModelError) as exc:
+        raise SessionError(str(exc), EXIT_USAGE) from None
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # this rank's GPU is the current one, for nccl and for allocations
+    return config, device
+
+
+def _nothing_to_extract(config: ExtractConfig, out: Any, problems: list, work: Any, part: Part, on_video: Any,
+                        on_start: Any) -> Outcome:
+    """Every video is done (or failed before, unchanged): no model loads. The folder's settings must
+    still match, as on a run with work; input problems are recorded as ever."""
+    from .run import record_problems
+
+    try:
+        changed = changed_settings(out.existing_attrs(), config, before_models=True)
+        if changed:
+            raise SessionError(different_settings(out, changed), EXIT_USAGE)
+        if on_start:
+            on_start(work.summary.videos_total, True)
+        summary = record_problems(problems, out, work, on_video)
+    finally:
+        out.unlock()
+    summary.video_weights_random = config.video_weights == "random"
+    result = summary.to_dict()
+    if part.split:
+        result["part"] = {"index": part.index, "count": part.count, "source": part.source}
+    result["exit_code"] = EXIT_FAILED if summary.videos_failed or summary.videos_failed_before else EXIT_OK
+    return Outcome(result, result["exit_code"], echo_json=True)
+
+
 def _run(mine: list, problems: list, out: Any, extractor: Any, options: Any, on_video: Any, pool: Any,
-         part: Part) -> dict:
+         part: Part, work: Any) -> dict:
     """run_extract, and this process's summary with its exit code."""
     from .batching import OutputWriteError
     from .run import run_extract
 
     try:
-        summary = run_extract(mine, problems, out, extractor, options, on_video=on_video, pool=pool).to_dict()
+        summary = run_extract(mine, problems, out, extractor, options, on_video=on_video, pool=pool,
+                              work=work).to_dict()
     except OutputWriteError as exc:
         if not part.torchrun:
             raise SessionError(str(exc), EXIT_OUTPUT) from None
@@ -257,21 +308,35 @@ def check_same_setup(out: Any, extractor: Any) -> list[str]:
     existing = out.existing_attrs()
     if existing is None:
         return []
-    old, new = existing.get("config", {}), extractor.config.to_dict()
-    # A setting newer than the shards (added by a later videobert) compares as its default: a folder
-    # made before it existed can be added to without --overwrite.
-    defaults = type(extractor.config)().to_dict()
-    changed = sorted(k for k in set(old) | set(new)
-                     if k not in EXECUTION_KEYS and old.get(k, defaults.get(k)) != new.get(k))
+    changed = changed_settings(existing, extractor.config)
     old_models = {m["role"]: m["sha256"] for m in existing.get("models", [])}
     new_models = {m.role: m.sha256 for m in extractor.models}
     changed += [f"{role} model" for role in new_models if old_models.get(role) != new_models[role]]
     if changed:
-        raise ModelError(f"{out.path} holds shards made with other settings ({', '.join(changed)}); "
-                         "use the same settings to add to it, --overwrite to start afresh, or another -o")
+        raise ModelError(different_settings(out, changed))
     old_precision, new_precision = shard_precision(existing), PRECISION_NAMES[extractor.precision]
     if old_precision not in ("unrecorded", new_precision):
         return [f"{out.path} holds shards extracted at {old_precision} precision and this run uses "
                 f"{new_precision}: the folder will mix the two (features differ in the last bits; `info` and "
                 f"`validate` show the mix); pass --precision {old_precision} to keep it uniform"]
     return []
+
+
+def changed_settings(existing: dict | None, config: ExtractConfig, before_models: bool = False) -> list[str]:
+    """The config keys (not execution settings) whose values differ from the folder's shards'. A fusion
+    checkpoint brings its own width, known once it is loaded: before_models, fusion_dim/fusion_heads are
+    not compared when there is one."""
+    if existing is None:
+        return []
+    old, new = existing.get("config", {}), config.to_dict()
+    skip = set(EXECUTION_KEYS) | ({"fusion_dim", "fusion_heads"} if before_models and config.fusion_checkpoint
+                                  else set())
+    # A setting newer than the shards (added by a later videobert) compares as its default: a folder
+    # made before it existed can be added to without --overwrite.
+    defaults = type(config)().to_dict()
+    return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k, defaults.get(k)) != new.get(k))
+
+
+def different_settings(out: Any, changed: list[str]) -> str:
+    return (f"{out.path} holds shards made with other settings ({', '.join(changed)}); "
+            "use the same settings to add to it, --overwrite to start afresh, or another -o")

@@ -176,8 +176,9 @@ def _die_with_parent() -> None:
 def _worker_main(tasks: Any, results: Any) -> None:
     _die_with_parent()
     import torch
+    import torchvision.transforms.v2.functional  # noqa: F401  (resize_crop's; ~2 s, while the models load)
 
-    from . import encoders, planning, sources, transcripts  # noqa: F401  (imported before saying ready)
+    from . import decode, encoders, planning, sources, transcripts  # noqa: F401  (imported before saying ready)
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what an interrupt means
@@ -272,8 +273,10 @@ class DecodeWorker:
         if self._proc is None:
             return
         if graceful and not self._busy and self._proc.is_alive():
+            # An idle worker holds nothing: it is asked to stop, and killed if still tearing down its
+            # interpreter (torch's modules take ~1 s to unload) after a moment.
             self._tasks.put(None)
-            self._proc.join(timeout=5)
+            self._proc.join(timeout=0.1)
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(timeout=5)

@@ -15,11 +15,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import h5py
 import numpy as np
-import torch.utils.data
+
+if TYPE_CHECKING:
+    from .dataset import ClipDataset
 
 from .schema import (ABSPATH, CLIP_COUNT, CLIP_VIDEO, CLIPS, END, FIRST_CLIP, FRAME_FEATURES, FRAME_INDICES,
                      FRAME_TIMES, FUSED, HAS_TEXT, JSON_ATTRS, PATH, SCHEMA_VERSION, SCHEMA_VERSION_ATTR, SHARD_GLOB,
@@ -241,6 +243,8 @@ class FeatureSet:
         }
 
     def dataset(self, fields: Sequence[str] = CLIP_FIELDS) -> "ClipDataset":
+        from .dataset import ClipDataset
+
         return ClipDataset(self, fields)
 
     def close(self) -> None:
@@ -249,17 +253,13 @@ class FeatureSet:
         self._handles = {}
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    def __init__(self, features: FeatureSet, fields: Sequence[str] = CLIP_FIELDS) -> None:
-        self.features = features
-        self.fields = tuple(fields)
+def __getattr__(name: str) -> Any:
+    """ClipDataset lives in store/dataset.py (it needs torch; reading shards does not)."""
+    if name == "ClipDataset":
+        from .dataset import ClipDataset
 
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.features.clip(index, self.fields)
-        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+        return ClipDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read_video_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

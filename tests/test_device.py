@@ -1,0 +1,50 @@
+"""The device and precision rules: `precision: auto` follows what the hardware runs natively."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from videobert_cli import device as device_module
+from videobert_cli.device import CpuCapability, cpu_capability, resolve_precision
+
+CPU = torch.device("cpu")
+BF16_NATIVE = CpuCapability("AVX512", avx2=True, avx512=True, avx512_bf16=True, vnni=True)  # e.g. AMD Zen 4
+AMX = CpuCapability("AVX512", avx2=True, avx512=True, amx=True)  # Sapphire Rapids (AMX-BF16)
+PLAIN_AVX512 = CpuCapability("AVX512", avx2=True, avx512=True, vnni=True)  # Skylake-X / Cascade Lake: emulated
+AVX2_ONLY = CpuCapability("AVX2", avx2=True)
+
+
+@pytest.mark.parametrize("capability, expected", [(BF16_NATIVE, torch.bfloat16), (AMX, torch.bfloat16),
+                                                  (PLAIN_AVX512, None), (AVX2_ONLY, None),
+                                                  (CpuCapability("unknown"), None)],
+                         ids=["avx512_bf16", "amx", "plain-avx512", "avx2-only", "unknown"])
+def test_auto_is_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, capability, expected) -> None:
+    monkeypatch.setattr(device_module, "cpu_capability", lambda: capability)
+    assert resolve_precision("auto", CPU) == expected
+    # An explicit choice is always kept, whatever the CPU.
+    assert resolve_precision("fp32", CPU) is None
+    assert resolve_precision("bf16", CPU) == torch.bfloat16
+
+
+def test_auto_on_cuda_does_not_ask_the_cpu(monkeypatch) -> None:
+    def no(*_: object) -> None:
+        raise AssertionError("the CPU's capability decides nothing on a GPU")
+
+    monkeypatch.setattr(device_module, "cpu_capability", no)
+    for supported, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_precision("auto", torch.device("cuda")) == expected
+
+
+def test_capability_comes_from_torch_and_falls_back_to_nothing(monkeypatch) -> None:
+    here = cpu_capability()
+    assert here.isa and isinstance(here.native_bf16, bool) and here.isa in here.describe()
+    for name in ("_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported",
+                 "_is_amx_tile_supported", "_is_vnni_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: (_ for _ in ()).throw(RuntimeError()))
+    missing = cpu_capability()
+    assert missing == CpuCapability("unknown") and not missing.native_bf16
+    assert "bf16 emulated: fp32 is used" in missing.describe()
+    assert BF16_NATIVE.describe() == "AVX512: AVX2, AVX-512, AVX512_BF16, VNNI, no AMX (native bf16)"
