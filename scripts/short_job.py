@@ -12,7 +12,7 @@ The job (made once under --workdir, never in git): the street scene `vtest.avi` 
 `tree.avi`, `Megamind.avi` and `bikes.mp4` from the zoo cache (`python3 scripts/zoo.py --fetch`),
 with SRT transcripts of real English text (this project's README) at ~2.5 words/s, and the three
 demo videos of real photos with their SRT / WebVTT / Whisper-JSON transcripts (`make_samples.py`):
-109 clips, 436 frames at 4 frames per 1.5 s. Models: ResNet-50 (random weights: the same speed as
+112 clips, 448 frames at 4 frames per 1.5 s. Models: ResNet-50 (random weights: the same speed as
 ImageNet's) and a bert-base-sized text encoder (random weights, real tokenizer), as in bench.py.
 
     python3 scripts/short_job.py [--repeats 3] [--precisions fp32,auto] [--threads N] [--workers N]
