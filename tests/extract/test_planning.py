@@ -424,3 +424,60 @@ def test_unspaced_units_match_the_bert_pre_tokenizer_on_cjk(tiny_bert):
     text = "我们今天讨论视频理解的方法，和多模态学习。"
     pieces = [p for p, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))]
     assert Cue(0.0, 1.0, text).words == pieces
+
+
+# --------------------------------------------------------------------------- plan_segments
+
+
+def clips_every(frames: int, count: int, per_clip: int = 4) -> tuple:
+    """`count` clips of `frames` frames each, `per_clip` sampled frames spread over every clip."""
+    from videobert_cli.extract.planning import ClipPlan
+
+    out = []
+    for c in range(count):
+        indices = tuple(c * frames + (k * frames) // per_clip + frames // (2 * per_clip) for k in range(per_clip))
+        out.append(ClipPlan(c, float(c), c + 1.0, indices, tuple(map(float, indices)), ()))
+    return tuple(out)
+
+
+def test_one_segment_without_keyframes_or_splitting_or_enough_clips():
+    from videobert_cli.extract.planning import plan_segments
+
+    clips = clips_every(15, 40)
+    assert plan_segments(clips, None, 8) == ((0, 40),)  # a decoder that reads from the start
+    assert plan_segments(clips, (0, 100), 0) == ((0, 40),)  # one worker
+    assert plan_segments(clips, tuple(range(0, 600, 12)), 21) == ((0, 40),)  # fewer than two segments' clips
+    assert plan_segments((), (0,), 4) == ((0, 0),)
+
+
+def test_cuts_move_to_the_next_group_of_pictures():
+    from videobert_cli.extract.planning import plan_segments
+
+    clips = clips_every(15, 40)  # clip c holds frames 15c .. 15c + 14 (sampled 15c+1, +4, +8, +12)
+    keys = tuple(range(0, 600, 50))  # a keyframe every 50 frames
+    segments = plan_segments(clips, keys, 8)
+    assert [first for first, _ in segments] == [0, 10, 20, 30]
+    for first, _ in segments[1:]:  # no two segments decode the same group of pictures
+        group = lambda f: max(k for k in keys if k <= f)  # noqa: E731
+        assert group(min(clips[first].frame_indices)) > group(max(clips[first - 1].frame_indices))
+
+
+def test_a_cut_stays_put_when_no_keyframe_comes_within_half_a_segment():
+    from videobert_cli.extract.planning import plan_segments
+
+    clips = clips_every(15, 40)
+    assert plan_segments(clips, (0,), 10) == ((0, 10), (10, 10), (20, 10), (30, 10))
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 120), per=st.integers(0, 30), gop=st.integers(1, 200), frames=st.integers(1, 40))
+def test_segments_cover_every_clip_once_in_order(count, per, gop, frames):
+    from videobert_cli.extract.planning import plan_segments
+
+    clips = clips_every(frames, count, per_clip=min(4, frames))
+    segments = plan_segments(clips, tuple(range(0, count * frames + 1, gop)), per)
+    assert segments[0][0] == 0
+    assert sum(n for _, n in segments) == count
+    assert all(a + n == b for (a, n), (b, _) in zip(segments, segments[1:]))
+    if len(segments) > 1:
+        assert all(n >= max(1, per // 2) for _, n in segments)

@@ -92,6 +92,9 @@ class VideoInfo:
     width: int  # of decoded frames (rotation applied)
     height: int
     frame_starts: np.ndarray  # (frame_count,) presentation time of each frame, seconds
+    # Frames a read can start from without decoding any frame before them (keyframes, in presentation
+    # order); None where this decoder always reads from the start (frames timed by slots, e.g. AVI).
+    keyframes: tuple[int, ...] | None = None
 
 
 class VideoSource(Protocol):
@@ -293,6 +296,7 @@ class DecordSource:
             height=height,
             width=width,
             frame_starts=stamps[:, 0],
+            keyframes=tuple(self._keys),
         )
         self._lock = threading.Condition()
         self._park_at: float | None = None  # monotonic time to park at; None: parked, or closed
@@ -440,6 +444,7 @@ class PyAVSource:
             height=int(first.shape[1]),
             width=int(first.shape[2]),
             frame_starts=probe.frame_starts,
+            keyframes=None if self._by_position else probe.keyframes,
         )
 
     def _open(self) -> None:

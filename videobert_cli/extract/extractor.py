@@ -104,6 +104,7 @@ class Extractor:
             resize_size=self.image.resize_size, crop_size=self.image.crop_size,
             clips_per_chunk=max(1, cfg.batch_size // cfg.frames_per_clip),
             sources=cfg.sources, subtitle_langs=parse_languages(cfg.subtitle_lang),
+            clips_per_segment=segment_clips(self.workers, cfg.batch_size // cfg.frames_per_clip),
         )
 
     def finish(self, videos: list[VideoInProgress]) -> list[VideoResult | Failure]:
@@ -212,6 +213,16 @@ def text_loss_warnings(words: tuple[Word, ...] | list[Word], word_tokens: dict[t
         warnings.append(f"{len(over)} clip(s) had more than max_text_tokens={max_text_tokens} tokens; "
                         f"{sum(over)} token(s) beyond the limit were not fused (clips/text still lists every word)")
     return warnings
+
+
+SEGMENT_CHUNKS = 8  # chunks per segment of a long video: each costs its worker one more open of the file
+
+
+def segment_clips(workers: int, clips_per_chunk: int) -> int:
+    """Clips per segment when a long video is shared by several decode workers (0: one worker, no split).
+    A segment re-opens the file in its worker (a demux, and decord's index): big enough to make that
+    small next to its decoding, small enough that a 20-minute video feeds every worker."""
+    return SEGMENT_CHUNKS * max(1, clips_per_chunk) if workers > 1 else 0
 
 
 def plan_cpu_split(config: ExtractConfig, device: torch.device) -> tuple[int, int]:

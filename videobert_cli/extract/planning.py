@@ -23,7 +23,9 @@ No I/O here, so every rule can be tested without a video.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -165,3 +167,34 @@ def plan_clips(
         indices, times_ = sample_frames(start, end, frames_per_clip, frame_starts)
         clips.append(ClipPlan(i, start, end, indices, times_, cw))
     return VideoPlan(tuple(clips), transcript, tuple(words), tuple(warnings))
+
+
+def plan_segments(clips: Sequence[ClipPlan], keyframes: Sequence[int] | None,
+                  clips_per_segment: int) -> tuple[tuple[int, int], ...]:
+    """Split a video's clips into runs that different workers decode at once: (first clip, clip count) each.
+
+    A long video decoded by one worker keeps one core busy however many there are; split, its runs go to
+    every idle worker and come back in clip order. Each cut is moved forward from every
+    `clips_per_segment` clips to the first clip whose frames all lie in a later group of pictures (after
+    a keyframe) than the previous clip's, so two workers never decode the same frames; where no such
+    clip comes within half a run, the cut stays (that worker then decodes from the keyframe before its
+    first frame: the same frames, a little slower). One run when the keyframes are not known (a decoder
+    that must read from the start), when `clips_per_segment` is 0, or when the video has fewer than two
+    runs' worth of clips. No run is shorter than half of `clips_per_segment`, except the only one."""
+    n = len(clips)
+    if not keyframes or clips_per_segment < 1 or n < 2 * clips_per_segment:
+        return ((0, n),)
+    keys = sorted(set(int(k) for k in keyframes))
+
+    def group(frame: int) -> int:  # the group of pictures `frame` belongs to: its keyframe's rank
+        return bisect.bisect_right(keys, frame) - 1
+
+    slack = max(1, clips_per_segment // 2)
+    cuts = [0]
+    target = clips_per_segment
+    while n - target >= slack:
+        cut = next((j for j in range(target, min(n - slack + 1, target + slack + 1))
+                    if group(min(clips[j].frame_indices)) > group(max(clips[j - 1].frame_indices))), target)
+        cuts.append(cut)
+        target = cut + clips_per_segment
+    return tuple((first, end - first) for first, end in zip(cuts, [*cuts[1:], n]))
