@@ -68,6 +68,10 @@ def test_exit_code_and_summary_report_the_failed_video(extracted: dict) -> None:
     assert summary["failures"][0]["path"].endswith("broken.mp4")
     assert summary["failures"][0]["stage"] == "probe"
     assert summary["video_weights_random"] is True
+    # the main thread's CPU time over the run (at most its wall time), and the time to the first written video
+    # (from this test process's start, so longer than the run itself here)
+    assert 0 < summary["main_thread_cpu_seconds"] <= summary["seconds"] + 0.01
+    assert summary["first_clip_seconds"] > 0
     error_lines = [line for line in result.stderr.splitlines() if "broken.mp4" in line]
     assert len(error_lines) == 1 and "ERROR" in error_lines[0]
 

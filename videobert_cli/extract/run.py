@@ -56,11 +56,16 @@ class RunSummary:
     video_weights_random: bool = False
     precision: str | None = None  # what the encoders ran at (fp32, bf16, fp16); None when nothing was loaded
     interrupted: bool = False
+    main_thread_cpu_seconds: float = 0.0  # CPU time of the thread running the run (its busy share: / seconds)
+    first_clip_seconds: float | None = None  # process start -> first video handed to the writer; None: unknown
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["clips_per_second"] = round(self.clips / self.seconds, 3) if self.seconds > 0 else 0.0
         d["seconds"] = round(self.seconds, 3)
+        d["main_thread_cpu_seconds"] = round(self.main_thread_cpu_seconds, 3)
+        if self.first_clip_seconds is not None:
+            d["first_clip_seconds"] = round(self.first_clip_seconds, 3)
         return d
 
 
@@ -124,6 +129,7 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
     shards are never touched."""
     from ..store.reader import PRECISION_NAMES
 
+    cpu_started = time.thread_time()
     cfg = extractor.config
     work = work or select_work(inputs, problems, out, options)
     summary, records = work.summary, work.records
@@ -160,6 +166,7 @@ def run_extract(inputs: list[VideoInput], problems: list[InputProblem], out: Out
             asr.close()
         summary.shards = [str(p) for p in writer.written]
         summary.seconds = time.perf_counter() - started
+        summary.main_thread_cpu_seconds = time.thread_time() - cpu_started
         summary.interrupted = options.stop()
     return summary
 
@@ -250,6 +257,8 @@ class _Run(_Failures):
                 log.warning("%s: %s", video.item.given, warning)
             self.summary.warnings += len(result.video.warnings)
             self.writer.add(result)
+            if self.summary.first_clip_seconds is None:
+                self.summary.first_clip_seconds = process_age()
             self.summary.videos_done += 1
             self.summary.clips += result.num_clips
             if self.on_video:
@@ -327,6 +336,18 @@ def _start_recognition(todo: list[VideoInput], extractor: Extractor, out: Output
 def printable(path: str) -> str:
     """A path as valid UTF-8 text: bytes that are not UTF-8 shown as \\xNN (for logs and JSON)."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat's starttime, in clock ticks since boot),
+    or None where that cannot be known."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return age if age >= 0 else None
 
 
 def _stat(path: Path) -> os.stat_result | None:
