@@ -225,11 +225,12 @@ def measure(args: argparse.Namespace) -> dict:
     cuda = args.device.startswith("cuda")
     main_corpus = next(iter(paths))
     short = paths[main_corpus]
-    sets = [*encoder_sets(args, root), f"device={args.device}", f"batch_size={args.batch_size}", *args.set]
+    sets = [*encoder_sets(args, root), f"device={args.device}",
+            *([f"batch_size={args.batch_size}"] if args.batch_size else []), *args.set]
     names = precisions(args)
     extractor = Extractor(load_config(None, [*sets, f"precision={names[-1]}"]))
     config = extractor.config
-    batch_size = config.batch_size  # the run's (--batch-size, or a --set batch_size=N after it)
+    batch_size = extractor.batch_size  # the run's (its default for the device, --batch-size, or --set batch_size=N)
     frames_per_clip = config.frames_per_clip
     items = {name: discover([str(p) for p in videos])[0] for name, videos in paths.items()}
 
@@ -607,7 +608,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="both", choices=["both", "auto", "fp32", "bf16", "fp16"],
                         help="encoder precision(s) measured; both = fp32 and what auto picks here")
-    parser.add_argument("--batch-size", type=int, default=32, help="the runs' batch_size, and (b)'s")
+    parser.add_argument("--batch-size", type=int, help="the runs' batch_size, and (b)'s [extract's default: 32 on "
+                        "the CPU, 128 on CUDA]")
     parser.add_argument("--max-image-batches", type=int, default=8, help="cap on batches timed in (b)")
     parser.add_argument("--corpus", type=Path, default=Path(".bench"), help="where the corpus is made or reused")
     parser.add_argument("--out", type=Path, help="also write the JSON here")

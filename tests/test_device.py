@@ -48,3 +48,26 @@ def test_capability_comes_from_torch_and_falls_back_to_nothing(monkeypatch) -> N
     assert missing == CpuCapability("unknown") and not missing.native_bf16
     assert "bf16 emulated: fp32 is used" in missing.describe()
     assert BF16_NATIVE.describe() == "AVX512: AVX2, AVX-512, AVX512_BF16, VNNI, no AMX (native bf16)"
+
+
+def test_defaults_follow_the_device_and_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU torch gets the cores and one worker decodes; on a GPU every core but one decodes and
+    batches are larger; explicit settings always win."""
+    import torch
+
+    from videobert_cli.config import ExtractConfig
+    from videobert_cli.extract.extractor import batch_size_for, plan_cpu_split
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    default = ExtractConfig()
+    assert plan_cpu_split(default, cpu) == (1, 16) and batch_size_for(default, cpu) == 32
+    assert plan_cpu_split(default, cuda) == (15, 1) and batch_size_for(default, cuda) == 128
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks share the cores
+    assert plan_cpu_split(default, cuda) == (7, 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 256)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert plan_cpu_split(default, cuda)[0] == 32
+    chosen = ExtractConfig(workers=3, threads=2, batch_size=64)
+    assert plan_cpu_split(chosen, cuda) == (3, 2) and batch_size_for(chosen, cuda) == 64

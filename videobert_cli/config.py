@@ -70,9 +70,9 @@ class ExtractConfig:
     fusion_checkpoint: str | None = _marked(None, FUSED)
     # execution
     device: str = _marked("auto", EXECUTION)  # auto | cpu | cuda | cuda:N
-    batch_size: int = _marked(32, EXECUTION)  # frames per image-encoder forward, assembled across videos
+    batch_size: int | None = _marked(None, EXECUTION)  # frames per image-encoder forward, across videos; None = 32 on CPU, 128 on CUDA
     text_batch_size: int = _marked(64, EXECUTION)  # sentences per text-encoder forward
-    workers: int | None = _marked(None, EXECUTION)  # decode processes; None = 1 on CPU, min(8, cores-1) on CUDA
+    workers: int | None = _marked(None, EXECUTION)  # decode processes; None = 1 on CPU, cores - 1 (at most 32) on CUDA
     threads: int | None = _marked(None, EXECUTION)  # torch intra-op threads; None = all cores on CPU
     # auto | fp32 | bf16 | fp16; auto = bf16 on CUDA GPUs that support it and on CPUs with native bf16
     # (AVX512_BF16 or AMX), else fp32
@@ -95,7 +95,7 @@ class ExtractConfig:
             (self.text_context_words >= 0, "text_context_words must be >= 0"),
             (self.fusion_dim >= 1 and self.fusion_heads >= 1, "fusion_dim and fusion_heads must be >= 1"),
             (self.fusion_dim % max(self.fusion_heads, 1) == 0, "fusion_dim must be divisible by fusion_heads"),
-            (self.batch_size >= 1 and self.text_batch_size >= 1, "batch sizes must be >= 1"),
+            ((self.batch_size is None or self.batch_size >= 1) and self.text_batch_size >= 1, "batch sizes must be >= 1"),
             (self.shard_size >= 1, "shard_size must be >= 1"),
             (self.dtype in ("float32", "float16"), "dtype must be float32 or float16"),
             (self.decode_threads >= 1, "decode_threads must be >= 1 (0 breaks VP9 decoding in decord)"),

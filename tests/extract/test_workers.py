@@ -38,7 +38,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def task(path: Path, clips_per_segment: int) -> VideoTask:
     return VideoTask(path=str(path), given=path.name, transcript=None, clip_mode="fixed", clip_seconds=1.5,
                      min_clip_seconds=0.5, frames_per_clip=4, decode_threads=1, resize_size=SIDE, crop_size=SIDE,
-                     clips_per_chunk=2, clips_per_segment=clips_per_segment)
+                     clips_per_chunk=2, segment_workers=3, clips_per_segment=clips_per_segment)
 
 
 def decode_all(paths: list[Path], workers: int, clips_per_segment: int, **pool_options
@@ -155,5 +155,16 @@ def test_a_video_left_half_read_is_dropped_and_the_next_ones_come_whole(videos: 
                 continue
             out.append(frames_of(list(messages)))
         assert len(out) == 2 and sum(c.clip_count for c in out[1][1]) == len(out[1][0].plan.clips)
+    finally:
+        pool.close()
+
+
+def test_a_pool_runs_one_list_after_another(videos: dict[str, Path]) -> None:
+    pool = DecodePool(2, timeout=60)
+    try:
+        for paths in ([videos["short.mp4"]] * 3, [videos["long.mp4"], videos["short.mp4"]]):
+            got = [(item.name, frames_of(list(messages))[0].plan) for item, messages in
+                   pool.run(paths, lambda p: task(p, 4))]
+            assert [name for name, _ in got] == [p.name for p in paths]
     finally:
         pool.close()

@@ -47,8 +47,8 @@ def _setup_logging(quiet: bool, tag: str = "") -> logging.Logger:
 @click.option("--clip-seconds", type=float, help="Window length in fixed mode [1.5].")
 @click.option("--frames-per-clip", type=int, help="Frames sampled per clip [4].")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto].")
-@click.option("--batch-size", type=int, help="Frames per image-encoder batch, across videos [32].")
-@click.option("--workers", type=int, help="Decode processes [1 on CPU, min(8, cores-1) on CUDA].")
+@click.option("--batch-size", type=int, help="Frames per image-encoder batch, across videos [32 on CPU, 128 on CUDA].")
+@click.option("--workers", type=int, help="Decode processes [1 on CPU, cores - 1 (at most 32) on CUDA].")
 @click.option("--threads", type=int, help="torch intra-op threads [all cores on CPU].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Encoder precision [auto: bf16 on CUDA GPUs that support it and on CPUs with native bf16 "

@@ -103,6 +103,8 @@ class VideoSource(Protocol):
     @property
     def info(self) -> VideoInfo: ...
 
+    probe: Probe  # the demux it was opened with (set by open_video)
+
     def read(self, indices: list[int]) -> np.ndarray:
         """The frames at `indices` (frame numbers), RGB uint8 (n, H, W, 3) with rotation applied."""
         ...
@@ -532,14 +534,17 @@ def _rgb(frame: "av.VideoFrame") -> np.ndarray:
     return image
 
 
-def open_video(path: Path, threads: int = 1, short_side: int | None = None) -> VideoSource:
+def open_video(path: Path, threads: int = 1, short_side: int | None = None, probe: Probe | None = None
+               ) -> VideoSource:
     """Open `path` with the right decoder; raises DecodeError with a one-line reason.
 
     `short_side`: frames whose short side is over twice this may be scaled to it while decoding.
-    `info.width/height` are always the video's own (rotated) size.
+    `info.width/height` are always the video's own (rotated) size. `probe`: the file's demux, when an
+    earlier open of the same file made it (`source.probe`); else it is made here.
     """
-    probe = _probe(path)
+    probe = probe or _probe(path)
     source = _open(path, threads, short_side, probe)
+    source.probe = probe
     found = source.info.frame_count
     if probe.declared and found < probe.declared - 1:
         source.close()

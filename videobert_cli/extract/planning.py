@@ -169,6 +169,14 @@ def plan_clips(
     return VideoPlan(tuple(clips), transcript, tuple(words), tuple(warnings))
 
 
+def segment_length(clip_count: int, workers: int, minimum: int) -> int:
+    """Clips per segment for a video of `clip_count` clips shared by `workers` decode workers: one segment
+    per worker, none shorter than `minimum` (each costs its worker an open of the file). 0: do not split."""
+    if workers < 2 or minimum < 1:
+        return 0
+    return max(minimum, -(-clip_count // workers))
+
+
 def plan_segments(clips: Sequence[ClipPlan], keyframes: Sequence[int] | None,
                   clips_per_segment: int) -> tuple[tuple[int, int], ...]:
     """Split a video's clips into runs that different workers decode at once: (first clip, clip count) each.

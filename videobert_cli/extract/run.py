@@ -204,7 +204,7 @@ class _Run(_Failures):
         super().__init__(out, summary, records, on_video)
         cfg = extractor.config
         self.extractor, self.writer = extractor, writer
-        self.batcher = FrameBatcher(extractor.image.encode, cfg.batch_size, cfg.frames_per_clip)
+        self.batcher = FrameBatcher(extractor.image.encode, extractor.batch_size, cfg.frames_per_clip)
         self.in_order: deque[VideoInProgress] = deque()  # decoded or decoding, written in input order
 
     def take(self, item: VideoInput, messages: Iterator[Header | Chunk | Failure], stop: StopRequest) -> bool:

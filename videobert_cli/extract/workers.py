@@ -36,6 +36,7 @@ from .transcripts import Transcript
 
 # Test hook, comma-separated: "hang:<name part>", "crash:<name part>", "modify:<name part>".
 TEST_HOOK_ENV = "VIDEOBERT_TEST_HOOK"
+SLOW_ENV = "VIDEOBERT_TEST_SLOW_SECONDS"  # "slow:<name part>": seconds added per chunk (default 0.2)
 T = TypeVar("T")
 
 
@@ -57,7 +58,8 @@ class VideoTask:
     asr_json: str | None = None  # the recognised transcript, when speech recognition ran for this video
     asr_model: str = ""
     asr_error: str = ""  # speech recognition failed for this video: it fails at stage "asr"
-    clips_per_segment: int = 0  # split a video with at least twice this many clips (0: never; see plan_segments)
+    segment_workers: int = 1  # workers that may share a long video (planning.segment_length)
+    clips_per_segment: int = 0  # the shortest segment; 0: never split a video
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class SegmentTask:
     mtime: float
     decoder: str  # and the decoder it chose, which must choose the same here
     frame_count: int
+    probe: Any = None  # decode.Probe: what the first unit's demux found (saves this worker a demux)
 
     @property
     def given(self) -> str:
@@ -85,6 +88,7 @@ class Header:
     size: int
     mtime: float
     segments: tuple[tuple[int, int], ...] = ()  # (first clip, clip count); the first unit decodes the first
+    probe: Any = None  # decode.Probe of a split video: the other segments' workers open it without a demux
 
 
 @dataclass
@@ -116,7 +120,7 @@ def _test_hook(path: str, action: str) -> bool:
 def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
     """Plan and decode one video: a Header, then Chunks. Raises VideoFailed."""
     from .decode import DecodeError, open_video
-    from .planning import plan_clips, plan_segments
+    from .planning import plan_clips, plan_segments, segment_length
     from .sources import select_transcript
     from .transcripts import TranscriptError
 
@@ -159,8 +163,10 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
         plan = plan_clips(info.duration, info.frame_starts, transcript, mode=task.clip_mode,
                           clip_seconds=task.clip_seconds, min_clip_seconds=task.min_clip_seconds,
                           frames_per_clip=task.frames_per_clip)
-        segments = plan_segments(plan.clips, info.keyframes, task.clips_per_segment)
-        yield Header(info, plan, plan.transcript, stat.st_size, stat.st_mtime, segments)
+        length = segment_length(len(plan.clips), task.segment_workers, task.clips_per_segment)
+        segments = plan_segments(plan.clips, info.keyframes, length)
+        yield Header(info, plan, plan.transcript, stat.st_size, stat.st_mtime, segments,
+                     source.probe if len(segments) > 1 else None)
         first, count = segments[0]
         yield from _read_chunks(source, task, first, [c.frame_indices for c in plan.clips[first : first + count]])
     finally:
@@ -175,7 +181,7 @@ def prepare_segment(task: SegmentTask) -> Iterator[Chunk]:
     video = task.video
     _unchanged(video, task.size, task.mtime)
     try:
-        source = open_video(Path(video.path), video.decode_threads, video.resize_size)
+        source = open_video(Path(video.path), video.decode_threads, video.resize_size, probe=task.probe)
     except DecodeError as exc:
         raise VideoFailed(Failure(video.given, exc.stage, "DecodeError", str(exc))) from None
     try:
@@ -206,8 +212,8 @@ def _read_chunks(source: Any, task: VideoTask, first_clip: int,
         if _test_hook(task.path, "modify") and first_clip + offset == 0:
             with open(task.path, "ab") as handle:
                 handle.write(b"\0" * 16)
-        if _test_hook(task.path, "slow"):  # a slow decoder (tests of the pool's schedule)
-            time.sleep(0.2)
+        if _test_hook(task.path, "slow"):  # a slow decoder (scripts/pool_schedule.py)
+            time.sleep(float(os.environ.get(SLOW_ENV, "0.2")))
         pixels = resize_crop(frames, task.resize_size, task.crop_size).numpy()
         yield Chunk(first_clip + offset, len(clips), unique, pixels)
 
@@ -402,6 +408,13 @@ class DecodePool:
             ) -> Iterator[tuple[T, Iterator[Header | Chunk | Failure]]]:
         """(item, its messages) in input order; the messages end after the last Chunk or with a Failure.
         A video whose messages are left half-read is dropped when the next one is asked for."""
+        self._stop_dispatcher()  # a pool may run several lists, one at a time (the workers stay warm)
+        for worker in self.workers:
+            if worker.unit is not None:  # still on a unit of the last list: its messages are not for this one
+                worker.restart()
+        self._videos, self._pending, self._buffered, self._error = {}, [], 0, None
+        self._head = self._next = 0
+        self._exhausted = self._closing = False
         self._thread = threading.Thread(target=self._dispatch, args=(iter(items), task_of), daemon=True,
                                          name="videobert-dispatch")
         self._thread.start()
@@ -491,6 +504,8 @@ class DecodePool:
                 continue
             with self._cond:
                 room = self._buffered < self.budget
+                if self._closing:
+                    return assigned
                 if self._pending and (self._pending[0][0] == self._head or room):
                     index, segment, task = heapq.heappop(self._pending)
                     worker.submit((index, segment), task)
@@ -554,16 +569,20 @@ class DecodePool:
                 for number, (first, count) in enumerate(message.segments[1:], start=1):
                     frames = tuple(c.frame_indices for c in message.plan.clips[first : first + count])
                     task = SegmentTask(video.task, first, frames, message.size, message.mtime, message.info.decoder,
-                                       message.info.frame_count)
+                                       message.info.frame_count, message.probe)
                     heapq.heappush(self._pending, (video.index, number, task))
         self._cond.notify_all()
 
-    def close(self) -> None:
+    def _stop_dispatcher(self) -> None:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        self._thread = None
+
+    def close(self) -> None:
+        self._stop_dispatcher()
         for worker in self.workers:
             worker.close(graceful=worker.unit is None)
 
