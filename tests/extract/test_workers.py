@@ -168,3 +168,33 @@ def test_a_pool_runs_one_list_after_another(videos: dict[str, Path]) -> None:
             assert [name for name, _ in got] == [p.name for p in paths]
     finally:
         pool.close()
+
+
+def test_a_long_video_shared_by_three_workers_gives_the_rows_one_worker_gives(
+        videos: dict[str, Path], tmp_path: Path, tiny_args: list[str]) -> None:
+    """End to end: the same clips, times, frames and (to float rounding) features, in the same order."""
+    from click.testing import CliRunner
+
+    from videobert_cli.cli import main
+    from videobert_cli.store.reader import read_shard
+
+    shards = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        result = CliRunner().invoke(main, ["extract", str(videos["long.mp4"]), str(videos["short.mp4"]),
+                                              "-o", str(out), *tiny_args, "--workers", str(workers),
+                                              "--batch-size", "8"])
+        assert result.exit_code == 0, result.output
+        shards[workers] = read_shard(out / "shard-00000.h5")
+    (_, one, one_videos), (attrs, three, three_videos) = shards[1], shards[3]
+    from videobert_cli.extract.extractor import SEGMENT_CHUNKS
+    from videobert_cli.extract.planning import segment_length
+
+    clips = len(one["start"]) - 2  # the long video's (short.mp4 has 2)
+    assert clips >= 2 * segment_length(clips, 3, SEGMENT_CHUNKS * 2)  # batch 8, 4 frames a clip: it was split
+    assert attrs["execution"]["workers"] == 3
+    for key in ("start", "end", "frame_indices", "frame_times", "text"):
+        assert np.array_equal(one[key], three[key]), key
+    for key in ("video_features", "fused"):
+        np.testing.assert_allclose(one[key], three[key], atol=1e-4)
+    assert list(one_videos["path"]) == list(three_videos["path"])
