@@ -224,13 +224,10 @@ def text_loss_warnings(words: tuple[Word, ...] | list[Word], word_tokens: dict[t
 
 
 CPU_BATCH, GPU_BATCH = 32, 128  # the default batch_size: frames per image-encoder forward
-CHUNK_FRAMES = 32
-
+CHUNK_FRAMES = 32  # frames per message from a decode worker, at most
 # The shortest segment of a long video shared by several decode workers, in chunks: each segment costs
 # its worker one more open of the file (decord's index, ~0.1 s on a 20-minute file; the demux is passed on).
 SEGMENT_CHUNKS = 4
-
-
 MAX_GPU_WORKERS = 32  # each holds its own imports (~0.3 GB)
 
 
