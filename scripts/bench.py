@@ -196,10 +196,11 @@ def encoder_sets(args: argparse.Namespace, root: Path) -> list[str]:
     return ["video_model=resnet50", "video_weights=random", f"text_model={text_model(root / 'models', args.quick)}"]
 
 
-def drain(runs) -> int:
-    """Read every message of a DecodePool.run, encoding nothing; the clips planned (the Headers' plans)."""
+def drain(runs, seconds_per_chunk: float = 0.0) -> int:
+    """Read every message of a DecodePool.run, encoding nothing (spending `seconds_per_chunk` on each chunk,
+    as a main thread would); the clips planned (the Headers' plans)."""
     from videobert_cli.extract.failures import Failure
-    from videobert_cli.extract.workers import Header
+    from videobert_cli.extract.workers import Chunk, Header
 
     clips = 0
     for _, messages in runs:
@@ -208,7 +209,17 @@ def drain(runs) -> int:
                 raise SystemExit(f"bench: decoding {message.path} failed: {message.stage}: {message.message}")
             if isinstance(message, Header):
                 clips += len(message.plan.clips)
+            elif isinstance(message, Chunk) and seconds_per_chunk:
+                time.sleep(seconds_per_chunk)
     return clips
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """The result as one JSON line on stdout, and in `out` when given."""
+    line = json.dumps(result)
+    print(line)
+    if out:
+        out.write_text(line + "\n")
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -629,10 +640,7 @@ def main() -> None:
     result = measure(args)
     for line in table(result):
         print(line, file=sys.stderr)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ long one (which only splitting at keyframes spreads over the workers).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,16 +26,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 def consume(pool, paths: list[Path], task_of, main_s: float) -> tuple[int, float]:
     """(clips, seconds) of reading every video's chunks, spending `main_s` per chunk."""
-    from videobert_cli.extract.workers import Chunk, Failure
+    from bench import drain
 
-    started, clips = time.perf_counter(), 0
-    for _, messages in pool.run(paths, task_of):
-        for message in messages:
-            if isinstance(message, Failure):
-                raise SystemExit(f"pool_schedule: {message}")
-            if isinstance(message, Chunk):
-                clips += message.clip_count
-                time.sleep(main_s)
+    started = time.perf_counter()
+    clips = drain(pool.run(paths, task_of), main_s)
     return clips, time.perf_counter() - started
 
 
@@ -55,7 +47,7 @@ def main() -> None:
     os.environ["VIDEOBERT_TEST_HOOK"] = "slow:.mp4"
     os.environ["VIDEOBERT_TEST_SLOW_SECONDS"] = str(args.slow)
 
-    from bench import make_video
+    from bench import emit, make_video
 
     from videobert_cli.extract.extractor import SEGMENT_CHUNKS
     from videobert_cli.extract.workers import DecodePool, VideoTask
@@ -73,25 +65,24 @@ def main() -> None:
                          clips_per_chunk=args.clips_per_chunk, segment_workers=workers,
                          clips_per_segment=SEGMENT_CHUNKS * args.clips_per_chunk)
 
-    with tempfile.TemporaryDirectory():
-        one = DecodePool(1, 120)
-        try:
-            consume(one, [short], lambda p: task_of(p, 1), 0.0)  # warm-up: the worker's imports
-            clips, seconds = consume(one, [short], lambda p: task_of(p, 1), 0.0)
-        finally:
-            one.close()
-        per_worker = clips / seconds
-        pool = DecodePool(args.workers, 120)
-        try:
-            consume(pool, [short] * args.workers, lambda p: task_of(p, args.workers), 0.0)  # warm-up
-            results = {}
-            for name, paths in (("short", [short] * args.videos), ("long", [long])):
-                clips, seconds = consume(pool, paths, lambda p: task_of(p, args.workers), args.main_ms / 1000)
-                ideal = per_worker * args.workers
-                results[name] = {"clips": clips, "clips_per_s": round(clips / seconds, 2),
-                                 "ideal_clips_per_s": round(ideal, 2), "ratio": round(clips / seconds / ideal, 3)}
-        finally:
-            pool.close()
+    one = DecodePool(1, 120)
+    try:
+        consume(one, [short], lambda p: task_of(p, 1), 0.0)  # warm-up: the worker's imports
+        clips, seconds = consume(one, [short], lambda p: task_of(p, 1), 0.0)
+    finally:
+        one.close()
+    per_worker = clips / seconds
+    pool = DecodePool(args.workers, 120)
+    try:
+        consume(pool, [short] * args.workers, lambda p: task_of(p, args.workers), 0.0)  # warm-up
+        results = {}
+        for name, paths in (("short", [short] * args.videos), ("long", [long])):
+            clips, seconds = consume(pool, paths, lambda p: task_of(p, args.workers), args.main_ms / 1000)
+            ideal = per_worker * args.workers
+            results[name] = {"clips": clips, "clips_per_s": round(clips / seconds, 2),
+                             "ideal_clips_per_s": round(ideal, 2), "ratio": round(clips / seconds / ideal, 3)}
+    finally:
+        pool.close()
     report = {"workers": args.workers, "cores": os.cpu_count(), "one_worker_clips_per_s": round(per_worker, 2),
               "main_ms_per_chunk": args.main_ms, **results}
     print(f"one worker alone: {per_worker:.2f} clips/s; {args.workers} workers, main thread "
@@ -99,7 +90,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"  {name:<6} {r['clips']:>4} clips  {r['clips_per_s']:>7} clips/s  ideal {r['ideal_clips_per_s']:>7}  "
               f"ratio {r['ratio']}", file=sys.stderr)
-    print(json.dumps(report))
+    emit(report, None)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
-    from bench import text_model
+    from bench import emit, text_model
 
     try:
         from videobert_cli.device import cpu_capability
@@ -175,10 +175,7 @@ def main() -> None:
               file=sys.stderr)
     print(f"  no-op rerun: {result['noop']['median_wall_s']:.2f} s, peak RSS {result['noop']['peak_rss_mb']} MB",
           file=sys.stderr)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
