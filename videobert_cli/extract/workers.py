@@ -384,8 +384,9 @@ class DecodePool:
     already planned, else the next video. It reads every worker's messages as they come into the
     videos' buffers, so a worker that has finished a unit gets the next one at once, whatever the main
     thread is doing. What is buffered is bounded: beyond `buffered_chunks` chunks (and `ahead` videos
-    past the one the main thread reads), only the main thread's current video is read and planned
-    ahead; the others wait in their workers' bounded queues."""
+    past the one the main thread reads), only the main thread's current video is read (up to
+    HEAD_CHUNKS chunks per segment: at most one segment per worker is in flight) and planned ahead;
+    the others wait in their workers' bounded queues."""
 
     def __init__(self, workers: int, timeout: float, buffered_chunks: int | None = None,
                  ahead: int | None = None) -> None:
@@ -587,5 +588,5 @@ class DecodePool:
             worker.close(graceful=worker.unit is None)
 
 
-HEAD_CHUNKS = 8  # chunks of the main thread's current segment read ahead of it, whatever the budget
+HEAD_CHUNKS = 8  # chunks read ahead per segment of the main thread's video, whatever the budget
 _DONE = object()
