@@ -165,3 +165,18 @@ def test_rotation_metadata_is_applied_the_same_way_by_both_decoders(tmp_path: Pa
     assert a.shape == b.shape == (1, 192, 108, 3)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
     assert read_index(np.rot90(a[0], k=3)) == 3  # the picture itself, turned upright
+
+
+def test_torch_still_computes_after_the_decoder_module_is_imported_first() -> None:
+    """decord2 loads every library under site-packages/nvidia with RTLD_GLOBAL, NVBLAS among them; a torch
+    loaded after it crashed on its first convolution. decode.py loads torch first."""
+    import subprocess
+    import sys
+
+    code = ("from videobert_cli.extract import decode\n"
+            "import torch\n"
+            "x = torch.nn.functional.conv2d(torch.ones(1, 3, 16, 16), torch.ones(4, 3, 3, 3))\n"
+            "print(float((torch.ones(8, 8) @ torch.ones(8, 8)).sum()), float(x.sum()))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["512.0", str(float(4 * 14 * 14 * 27))]

@@ -53,6 +53,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# torch before decord, always: decord2 (3.4.0) loads every library under site-packages/nvidia/*/lib with
+# RTLD_GLOBAL when it is imported, NVBLAS among them (torch's CUDA wheels install it), and NVBLAS then
+# takes the BLAS calls of a torch loaded after it: its first matmul or convolution crashes (SIGSEGV).
+import torch  # noqa: F401,E402
+
 try:
     import decord
 
