@@ -52,11 +52,15 @@ def test_weights_from_a_state_dict_file(tmp_path: Path) -> None:
 
     torch.manual_seed(3)
     model = resnet18()
+    model.bn1.running_mean.fill_(0.5)  # buffers come from the file too
     good = tmp_path / "mine.pth"
     torch.save(model.state_dict(), good)
     encoder = ImageEncoder("resnet18", str(good), torch.device("cpu"), image_size=64, resize_size=72)
     assert encoder.record.source == str(good.resolve()) and len(encoder.record.sha256) == 64
     assert torch.equal(encoder.model.conv1.weight, model.conv1.weight)
+    loaded = encoder.model.state_dict()  # every tensor from the file (built without its random init)
+    assert loaded and all(torch.equal(tensor, model.state_dict()[key]) for key, tensor in loaded.items())
+    assert not any(t.is_meta for t in (*encoder.model.parameters(), *encoder.model.buffers()))
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, wrong)
     with pytest.raises(ModelError, match="wrong.pth: does not fit resnet18"):
