@@ -222,3 +222,39 @@ def test_fetch_to_a_folder_then_use_it_as_models_dir(tmp_path: Path, torch_home:
     listing = run(["models", "list", "--config", str(OFFLINE_CONFIG), "--models-dir", str(models_dir), "--json"])
     assert listing.exit_code == 0
     assert all(json.loads(line)["source"].startswith(str(models_dir)) for line in listing.stdout.splitlines())
+
+
+def test_a_large_weight_file_is_hashed_once_and_again_whenever_it_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    from videobert_cli.weights import resolve
+
+    monkeypatch.setenv("VIDEOBERT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(resolve, "HASH_CACHE_MIN_BYTES", 1024)
+    monkeypatch.setattr(resolve, "HASH_CACHE_SETTLED_NS", 0)  # a file just written is remembered (not in use)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 4096)
+    assert resolve.sha256_file(weights) == hashlib.sha256(b"a" * 4096).hexdigest()
+    reads = []
+    monkeypatch.setattr(resolve, "_sha256_contents", lambda path, chunk: reads.append(path) or "read")
+    assert resolve.sha256_file(weights) == hashlib.sha256(b"a" * 4096).hexdigest() and reads == []  # remembered
+    stamp = weights.stat()
+    time.sleep(0.05)  # past the file system's timestamp tick
+    weights.write_bytes(b"b" * 4096)  # the same size, and the old mtime put back: only ctime tells
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert resolve.sha256_file(weights) == "read" and reads == [weights]
+    (tmp_path / "cache" / resolve.HASH_CACHE).write_text("not json")  # a broken cache is read past
+    assert resolve.sha256_file(weights) == "read"
+
+
+def test_a_weight_file_written_moments_ago_is_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from videobert_cli.weights import resolve
+
+    monkeypatch.setenv("VIDEOBERT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(resolve, "HASH_CACHE_MIN_BYTES", 1024)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"c" * 4096)  # perhaps still being written by whatever makes it
+    resolve.sha256_file(weights)
+    assert not (tmp_path / "cache" / resolve.HASH_CACHE).exists()

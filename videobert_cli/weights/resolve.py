@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +78,50 @@ class ModelRecord:
         return asdict(self)
 
 
+HASH_CACHE = "sha256.json"  # in videobert_cache(): the hashes of large weight files, by file identity
+HASH_CACHE_MIN_BYTES = 16 << 20  # smaller files are hashed every time (milliseconds)
+HASH_CACHE_ENTRIES = 256
+HASH_CACHE_SETTLED_NS = 2_000_000_000  # a file changed this recently may still be being written: not remembered
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256. A large file's is remembered with its identity (size, mtime, ctime, inode), so a
+    run does not read 440 MB of bert-base again at start-up; any write to the file changes its ctime (which
+    no tool can set back), so a remembered hash is never used for other contents."""
+    stat = os.stat(path)
+    if stat.st_size < HASH_CACHE_MIN_BYTES:
+        return _sha256_contents(path, chunk)
+    key = os.path.realpath(path)
+    identity = _identity(stat)
+    cache_file = videobert_cache() / HASH_CACHE
+    try:
+        remembered = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        remembered = {}
+    entry = remembered.get(key) if isinstance(remembered, dict) else None
+    if isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = _sha256_contents(path, chunk)
+    if time.time_ns() - stat.st_ctime_ns < HASH_CACHE_SETTLED_NS or _identity(os.stat(path)) != identity:
+        return digest
+    remembered = {k: v for k, v in (remembered.items() if isinstance(remembered, dict) else []) if k != key}
+    remembered = dict(list(remembered.items())[-(HASH_CACHE_ENTRIES - 1):])
+    remembered[key] = {"identity": identity, "sha256": digest}
+    try:  # a cache that cannot be written costs time, never a wrong hash
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(f".{HASH_CACHE}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(remembered), encoding="utf-8")
+        os.replace(temporary, cache_file)
+    except OSError:
+        pass
+    return digest
+
+
+def _identity(stat: os.stat_result) -> list[int]:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def _sha256_contents(path: Path, chunk: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
