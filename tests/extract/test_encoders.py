@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from videobert_cli.extract.encoders import ImageEncoder, TextEncoder
+from videobert_cli.extract.encoders import ImageEncoder, TextEncoder, fold_batch_norms
 from videobert_cli.weights.resolve import ModelError
 
 
@@ -47,6 +48,54 @@ def test_backbone_features_without_the_classifier(image_encoder: ImageEncoder) -
     torch.testing.assert_close(image_encoder.encode(pixels, batch_size=5), out, rtol=1e-4, atol=1e-4)
 
 
+def test_batch_norms_are_folded_into_their_convolutions_without_changing_the_features() -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(4)
+    model = resnet18().eval()
+    for module in model.modules():  # trained-looking statistics: a fold of identity norms proves nothing
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.3, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)
+    folded, count = fold_batch_norms(copy.deepcopy(model))
+    assert count == 20  # every one in resnet18 (each follows a convolution)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in _called_modules(folded))
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_fx_cannot_trace_keeps_its_batch_norms() -> None:
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: symbolic tracing fails
+                x = -x
+            return self.norm(self.conv(x))
+
+    model = Branchy().eval()
+    kept, count = fold_batch_norms(model)
+    assert kept is model and count == 0
+    plain = torch.nn.Linear(2, 2)
+    assert fold_batch_norms(plain) == (plain, 0)  # nothing to fold: not traced at all
+
+
+def _called_modules(graph_module: torch.nn.Module) -> list[torch.nn.Module]:
+    modules = dict(graph_module.named_modules())
+    return [modules[n.target] for n in graph_module.graph.nodes if n.op == "call_module"]
+
+
+def test_the_extract_encoder_runs_folded(image_encoder: ImageEncoder) -> None:
+    assert image_encoder.folded_batch_norms == 20
+
+
 def test_weights_from_a_state_dict_file(tmp_path: Path) -> None:
     from torchvision.models import resnet18
 
@@ -57,10 +106,12 @@ def test_weights_from_a_state_dict_file(tmp_path: Path) -> None:
     torch.save(model.state_dict(), good)
     encoder = ImageEncoder("resnet18", str(good), torch.device("cpu"), image_size=64, resize_size=72)
     assert encoder.record.source == str(good.resolve()) and len(encoder.record.sha256) == 64
-    assert torch.equal(encoder.model.conv1.weight, model.conv1.weight)
-    loaded = encoder.model.state_dict()  # every tensor from the file (built without its random init)
-    assert loaded and all(torch.equal(tensor, model.state_dict()[key]) for key, tensor in loaded.items())
     assert not any(t.is_meta for t in (*encoder.model.parameters(), *encoder.model.buffers()))
+    model.fc = torch.nn.Identity()
+    pixels = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():  # the file's model, its batch norms folded into its convolutions
+        torch.testing.assert_close(encoder.encode(pixels, 3), model.eval()(encoder.normalize(pixels)),
+                                   rtol=1e-4, atol=1e-4)
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, wrong)
     with pytest.raises(ModelError, match="wrong.pth: does not fit resnet18"):

@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..config import ExtractConfig
-from ..device import library_versions, resolve_device
+from ..device import library_versions, resolve_device, reuse_large_blocks
 from ..fusion import FusionConfig, build_fusion, pad_tokens
 from ..store.writer import VideoRecord, VideoResult
 from .batching import VideoInProgress
@@ -44,6 +44,8 @@ class Extractor:
         self.workers, self.threads = plan_cpu_split(config, self.device)
         self.batch_size = batch_size_for(config, self.device)
         torch.set_num_threads(self.threads)
+        if self.device.type == "cpu":
+            log.debug("allocator: %s", reuse_large_blocks())
         self.image = ImageEncoder(config.video_model, config.video_weights, self.device, config.image_size,
                                   config.resize_size, models_root, config.precision, config.compile)
         self.text = TextEncoder(config.text_model, self.device, config.text_max_length, config.text_context_words,
@@ -87,7 +89,8 @@ class Extractor:
             "versions": library_versions(),
             "feature_dtype": self.config.dtype,
             "execution": {"device": str(self.device), "workers": self.workers, "threads": self.threads,
-                          "precision": self.precision, "batch_size": self.batch_size},
+                          "precision": self.precision, "batch_size": self.batch_size,
+                          "folded_batch_norms": self.image.folded_batch_norms},
         }
 
     @property
