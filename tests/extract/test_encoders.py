@@ -33,6 +33,29 @@ def test_preprocess_is_rgb_nchw_resized_cropped_and_normalised(image_encoder: Im
     np.testing.assert_allclose(x[0, :, 32, 32].numpy(), expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape, resize, crop", [((3, 90, 160), 72, 64), ((2, 360, 640), 256, 224),
+                                                 ((1, 577, 768), 256, 224), ((1, 640, 360), 256, 224),
+                                                 ((2, 300, 299), 256, 224), ((1, 224, 224), 224, 224),
+                                                 ((1, 50, 80), 40, 64), ((0, 90, 160), 72, 64)],
+                         ids=["small", "landscape", "batch-of-one", "portrait", "odd", "unchanged",
+                              "crop-larger-than-frame", "empty"])
+@pytest.mark.parametrize("native", [True, False], ids=["uint8-kernel", "float-path"])
+def test_resize_crop_gives_torchvisions_pixels_exactly(monkeypatch, shape, resize, crop, native) -> None:
+    from torchvision.transforms.v2 import functional as F
+
+    from videobert_cli.extract import encoders
+
+    frames = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    monkeypatch.setattr(encoders, "_uint8_resize_is_native", lambda: native)
+    import torchvision.transforms.v2.functional._geometry as geometry
+
+    monkeypatch.setattr(geometry, "_do_native_uint8_resize_on_cpu", lambda interpolation: native)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    expected = F.center_crop(F.resize(x, [resize], antialias=True), [crop, crop])
+    got = encoders.resize_crop(frames, resize, crop)
+    assert got.dtype == torch.uint8 and got.shape == expected.shape and torch.equal(got, expected)
+
+
 def test_centre_crop_keeps_the_middle(image_encoder: ImageEncoder) -> None:
     frames = np.zeros((1, 72, 288, 3), dtype=np.uint8)
     frames[:, :, 112:176] = 255  # a white band in the middle third, 64 px wide after resize (72 short side)

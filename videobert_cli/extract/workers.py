@@ -249,7 +249,6 @@ def _die_with_parent() -> None:
 def _worker_main(tasks: Any, results: Any) -> None:
     _die_with_parent()
     import torch
-    import torchvision.transforms.v2.functional  # noqa: F401  (resize_crop's; ~2 s, while the models load)
 
     from . import decode, encoders, planning, sources, transcripts  # noqa: F401  (imported before saying ready)
 
