@@ -16,6 +16,11 @@ demo videos of real photos with their SRT / WebVTT / Whisper-JSON transcripts (`
 ImageNet's) and a bert-base-sized text encoder (random weights, real tokenizer), as in bench.py.
 
     python3 scripts/short_job.py [--repeats 3] [--precisions fp32,auto] [--threads N] [--workers N]
+                                 [--peer "bash scripts/peer_video_features.sh default"]
+
+--peer runs the peer (v-iashin/video_features, ResNet-50; set up as scripts/peer_video_features.sh says) on
+the same videos in the same alternation, and the ratios are then to its frames/s measured in that loop;
+without it they are to the figure issue 17 measured on another host.
 """
 
 from __future__ import annotations
@@ -107,6 +112,18 @@ def extract(videos: Path, out: Path, sets: list[str], precision: str, extra: lis
     return {"wall_s": wall, "summary": json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": peak}
 
 
+def run_peer(command: str, videos: Path) -> dict:
+    """One run of the peer's command (given the job's video folder as its last argument): its own timing of
+    the extraction (start-up included) and the frames it encoded, as it prints them."""
+    done = subprocess.run(f"{command} {videos}", shell=True, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"short_job: the peer exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
+    said = dict(re.findall(r"^(peer_\w+)=(\S+)$", done.stdout, flags=re.M))
+    wall, frames = float(said["peer_wall_seconds"]), int(said["peer_frames_total"])
+    return {"wall_s": wall, "frames": frames, "frames_per_s": round(frames / wall, 2),
+            "load": round(os.getloadavg()[0], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -115,6 +132,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="--threads for extract (default: its own)")
     parser.add_argument("--workers", type=int, help="--workers for extract (default: its own)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--peer", help="shell command that runs the peer on the job's videos and prints "
+                                       "peer_wall_seconds=S and peer_frames_total=N")
     args = parser.parse_args()
 
     from bench import emit, text_model
@@ -131,8 +150,14 @@ def main() -> None:
              *(["--workers", str(args.workers)] if args.workers else [])]
     precisions = args.precisions.split(",")
     runs: dict[str, list[dict]] = {p: [] for p in precisions}
+    peer_runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
+            if args.peer:
+                peer_runs.append(run_peer(args.peer, videos))
+                print(f"short_job: peer run {repeat + 1}: {peer_runs[-1]['frames']} frames in "
+                      f"{peer_runs[-1]['wall_s']:.2f} s = {peer_runs[-1]['frames_per_s']:.2f} frames/s "
+                      f"(load {peer_runs[-1]['load']:.2f})", file=sys.stderr)
             for precision in precisions:
                 out = Path(tmp) / f"{precision}-{repeat}"
                 result = extract(videos, out, sets, precision, extra)
@@ -165,13 +190,19 @@ def main() -> None:
                            "precision_used": rs[0]["precision_used"], "runs": rs} for p, rs in runs.items()},
         "noop": {"median_wall_s": statistics.median(r["wall_s"] for r in noop),
                  "peak_rss_mb": max(r["peak_rss_mb"] for r in noop), "runs": noop},
-        "peer_frames_per_s": PEER_FRAMES_PER_S,
     }
+    if peer_runs:
+        peer = statistics.median(r["frames_per_s"] for r in peer_runs)
+        result["peer"] = {"command": args.peer, "median_frames_per_s": peer, "runs": peer_runs}
+        peer_name = f"peer's {peer:.2f} in this loop"
+    else:
+        peer, peer_name = PEER_FRAMES_PER_S, f"peer's {PEER_FRAMES_PER_S} on issue 17's host"
+    result["peer_frames_per_s"] = peer
     print(f"{result['machine']}; {result['cpu_capability']}", file=sys.stderr)
     for p, r in result["precisions"].items():
         print(f"  --precision {p:<5} (ran at {r['precision_used']}): {r['median_frames_per_s']:.2f} frames/s, "
               f"{r['median_wall_s']:.2f} s for {result['frames']} frames, start-up included "
-              f"({r['median_frames_per_s'] / PEER_FRAMES_PER_S:.2f}x the peer's {PEER_FRAMES_PER_S})",
+              f"({r['median_frames_per_s'] / peer:.2f}x the {peer_name})",
               file=sys.stderr)
     print(f"  no-op rerun: {result['noop']['median_wall_s']:.2f} s, peak RSS {result['noop']['peak_rss_mb']} MB",
           file=sys.stderr)
