@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -115,7 +116,7 @@ def extract(videos: Path, out: Path, sets: list[str], precision: str, extra: lis
 def run_peer(command: str, videos: Path) -> dict:
     """One run of the peer's command (given the job's video folder as its last argument): its own timing of
     the extraction (start-up included) and the frames it encoded, as it prints them."""
-    done = subprocess.run(f"{command} {videos}", shell=True, capture_output=True, text=True)
+    done = subprocess.run(f"{command} {shlex.quote(str(videos))}", shell=True, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"short_job: the peer exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
     said = dict(re.findall(r"^(peer_\w+)=(\S+)$", done.stdout, flags=re.M))
