@@ -20,6 +20,7 @@ from videobert_cli.weights.resolve import (
     OFFLINE_FILES,
     OFFLINE_TEXT_MODELS,
     ModelError,
+    locate_asr_model,
     locate_text_model,
     package_path,
     resolve_text_model,
@@ -258,3 +259,27 @@ def test_a_weight_file_written_moments_ago_is_not_remembered(tmp_path: Path, mon
     weights.write_bytes(b"c" * 4096)  # perhaps still being written by whatever makes it
     resolve.sha256_file(weights)
     assert not (tmp_path / "cache" / resolve.HASH_CACHE).exists()
+
+
+@pytest.mark.parametrize("what, locate, kept_in", [
+    ("text model", locate_text_model, lambda root, name: root / "text" / name.replace("/", "--")),
+    ("speech recognition model", locate_asr_model, lambda root, name: root / "asr" / name.replace("/", "--")),
+], ids=["text", "asr"])
+def test_text_and_speech_models_are_found_and_missing_ones_named_alike(tmp_path, monkeypatch, what, locate,
+                                                                       kept_in) -> None:
+    monkeypatch.setenv("VIDEOBERT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(ModelError, match=f"^{what} folder not found: "):
+        locate(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=f"^{what} folder .*empty has no config.json"):
+        locate(str(tmp_path / "empty"))
+    with pytest.raises(ModelError) as refused:  # a name: every place looked in is named
+        locate("someone/model", models_root=tmp_path / "models", download=False)
+    assert str(kept_in(tmp_path / "models", "someone/model")) in str(refused.value)
+    kept = kept_in(tmp_path / "models", "someone/model")
+    kept.mkdir(parents=True)
+    (kept / "config.json").write_text("{}")
+    assert locate("someone/model", models_root=tmp_path / "models", download=False) == kept
+    assert locate(str(kept)) == kept  # a folder given as such

@@ -310,22 +310,13 @@ def text_model_dir(models_root: Path, name: str) -> Path:
 
 def locate_text_model(name: str, models_root: Path | None = None, download: bool = True) -> Path:
     """A folder holding config.json, tokenizer files and weights."""
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise ModelError(f"text model folder {folder} has no config.json")
-        return folder
-    if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError(f"text model folder not found: {folder}")
-    looked = []
-    if models_root is not None:
-        kept = text_model_dir(models_root, name)
-        if (kept / "config.json").is_file():
-            return kept
-        looked.append(str(kept))
-    cached = _from_hf_cache(name, looked)
-    if cached is not None:
-        return cached
+    given = _given_folder(name, "text model")
+    if given is not None:
+        return given
+    looked: list[str] = []
+    found = _kept_or_cached(name, [text_model_dir(models_root, name)] if models_root is not None else [], looked)
+    if found is not None:
+        return found
     if name in OFFLINE_TEXT_MODELS:
         package, inner, requirement = OFFLINE_TEXT_MODELS[name]
         found = package_path(package, inner)
@@ -335,6 +326,29 @@ def locate_text_model(name: str, models_root: Path | None = None, download: bool
     return _download_or_refuse(name, download, (
         f"text model {name!r} is not a folder and was not found in: {'; '.join(looked)}. "
         "Pass --text-model PATH to a model folder, or run `videobert models fetch` on a machine with network"))
+
+
+def _given_folder(name: str, what: str) -> Path | None:
+    """`name` as a folder the user gave (it must hold config.json), or None for a model name to look up.
+    A path-like name that is not a folder is an error, never looked up as a name."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{what} folder {folder} has no config.json")
+        return folder
+    if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"{what} folder not found: {folder}")
+    return None
+
+
+def _kept_or_cached(name: str, places: list[Path], looked: list[str]) -> Path | None:
+    """The first of `places` holding the model (config.json), else its Hugging Face cache snapshot, else
+    None; every place looked in is added to `looked` for the error message."""
+    for kept in places:
+        if (kept / "config.json").is_file():
+            return kept
+        looked.append(str(kept))
+    return _from_hf_cache(name, looked)
 
 
 def _from_hf_cache(name: str, looked: list[str]) -> Path | None:
@@ -482,23 +496,15 @@ def convert_offline_whisper(ct2_dir: Path, target: Path) -> Path:
 def locate_asr_model(name: str, models_root: Path | None = None, download: bool = True,
                      convert: bool = True) -> Path:
     """A transformers Whisper folder (config.json, weights, tokenizer and processor files)."""
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise ModelError(f"speech recognition model folder {folder} has no config.json")
-        return folder
-    if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError(f"speech recognition model folder not found: {folder}")
-    looked = []
+    given = _given_folder(name, "speech recognition model")
+    if given is not None:
+        return given
+    looked: list[str] = []
     places = [asr_model_dir(models_root, name)] if models_root is not None else []
     places.append(asr_model_dir(videobert_cache(), name))
-    for kept in places:
-        if (kept / "config.json").is_file():
-            return kept
-        looked.append(str(kept))
-    cached = _from_hf_cache(name, looked)
-    if cached is not None:
-        return cached
+    found = _kept_or_cached(name, places, looked)
+    if found is not None:
+        return found
     if name in OFFLINE_ASR_MODELS:
         package, inner, requirement = OFFLINE_ASR_MODELS[name]
         found = package_path(package, inner)
