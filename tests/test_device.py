@@ -78,7 +78,6 @@ def test_defaults_follow_the_device_and_the_cores(monkeypatch: pytest.MonkeyPatc
     assert plan_cpu_split(chosen, cuda) == (3, 2) and batch_size_for(chosen, cuda) == 64
 
 
-
 _FAULTS_SCRIPT = """
 import resource
 import torch
@@ -92,7 +91,8 @@ before = min(faults_of_one_batch() for _ in range(2))
 said = reuse_large_blocks()
 # posix_memalign asks a little more than a freed block holds, so the heap grows a few times before freed
 # blocks have merged into ones large enough (runs vary with the address layout; 7 at most in 40 runs).
-warm = [faults_of_one_batch() for _ in range(12)]
+for _ in range(12):
+    faults_of_one_batch()
 print(before, "|", said, "|", min(faults_of_one_batch() for _ in range(3)))
 """
 

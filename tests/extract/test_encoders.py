@@ -41,15 +41,15 @@ def test_preprocess_is_rgb_nchw_resized_cropped_and_normalised(image_encoder: Im
                               "crop-larger-than-frame", "empty"])
 @pytest.mark.parametrize("native", [True, False], ids=["uint8-kernel", "float-path"])
 def test_resize_crop_gives_torchvisions_pixels_exactly(monkeypatch, shape, resize, crop, native) -> None:
+    import torchvision.transforms.v2.functional._geometry as geometry
     from torchvision.transforms.v2 import functional as F
 
     from videobert_cli.extract import encoders
 
-    frames = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    # Both sides on the same kernel: torch's uint8 one (AVX2 and up), or float and rounded back.
     monkeypatch.setattr(encoders, "_uint8_resize_is_native", lambda: native)
-    import torchvision.transforms.v2.functional._geometry as geometry
-
     monkeypatch.setattr(geometry, "_do_native_uint8_resize_on_cpu", lambda interpolation: native)
+    frames = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2)
     expected = F.center_crop(F.resize(x, [resize], antialias=True), [crop, crop])
     got = encoders.resize_crop(frames, resize, crop)
