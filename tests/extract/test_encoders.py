@@ -109,6 +109,11 @@ def test_a_model_fx_cannot_trace_keeps_its_batch_norms() -> None:
     plain = torch.nn.Linear(2, 2)
     assert fold_batch_norms(plain) == (plain, 0)  # nothing to fold: not traced at all
 
+    class OwnNorm(torch.nn.BatchNorm2d):  # a subclass may compute something else: left as it is
+        pass
+
+    assert fold_batch_norms(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), OwnNorm(4)).eval())[1] == 0
+
 
 def _called_modules(graph_module: torch.nn.Module) -> list[torch.nn.Module]:
     modules = dict(graph_module.named_modules())

@@ -60,7 +60,7 @@ def fold_batch_norms(model: nn.Module) -> tuple[nn.Module, int]:
         source = node.args[0] if norm is not None and node.args else None
         if not (isinstance(norm, norms) and norm.track_running_stats and isinstance(source, torch.fx.Node)
                 and source.op == "call_module" and len(source.users) == 1  # the convolution's output goes nowhere else
-                and type(modules.get(source.target)) is convolutions[type(norm)]):
+                and type(modules.get(source.target)) is convolutions.get(type(norm))):
             continue
         parent, _, name = source.target.rpartition(".")
         setattr(traced.get_submodule(parent), name, fuse_conv_bn_eval(modules[source.target], norm))
