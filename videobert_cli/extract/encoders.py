@@ -6,7 +6,9 @@ Preprocessing runs on the CPU (`ImageEncoder.preprocess`, tokenization inside
 
 from __future__ import annotations
 
+import functools
 import logging
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import resolve_precision
+from ..device import cpu_capability, resolve_precision
 from ..weights.resolve import ModelError, load_backbone, resolve_text_model
 
 log = logging.getLogger(__name__)
@@ -100,12 +102,11 @@ def resize_crop(frames: np.ndarray, resize_size: int, crop_size: int) -> torch.T
     return x[..., top : top + crop_size, left : left + crop_size].contiguous()
 
 
+@functools.cache
 def _uint8_resize_is_native() -> bool:
     """torch resizes uint8 images in its own vectorised kernel only at these CPU levels (torchvision asks
-    the same question before choosing between uint8 and float)."""
-    import platform
-
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+    the same question before choosing between uint8 and float). Asked once per process."""
+    return cpu_capability().isa in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
 
 
 class ImageEncoder:
