@@ -124,32 +124,29 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
     from .sources import select_transcript
     from .transcripts import TranscriptError
 
-    def failed(stage: str, error_type: str, message: str) -> VideoFailed:
-        return VideoFailed(Failure(task.given, stage, error_type, message))
-
     path = Path(task.path)
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError:
-        raise failed("probe", "BadFileName", "file name is not valid UTF-8; rename it") from None
+        raise _failed(task, "probe", "BadFileName", "file name is not valid UTF-8; rename it") from None
     if path.is_dir():
-        raise failed("probe", "IsADirectoryError", "is a directory, not a video file")
+        raise _failed(task, "probe", "IsADirectoryError", "is a directory, not a video file")
     try:
         stat = path.stat()
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise failed("probe", type(exc).__name__, exc.strerror or str(exc)) from None
+        raise _failed(task, "probe", type(exc).__name__, exc.strerror or str(exc)) from None
     if stat.st_size == 0:
-        raise failed("probe", "EmptyFile", "file is empty (0 bytes)")
+        raise _failed(task, "probe", "EmptyFile", "file is empty (0 bytes)")
     if task.asr_error:
-        raise failed("asr", "RecognitionError", task.asr_error)
+        raise _failed(task, "asr", "RecognitionError", task.asr_error)
     try:
         transcript = select_transcript(path, task.sources, Path(task.transcript) if task.transcript else None,
                                        task.subtitle_langs, Path(task.asr_json) if task.asr_json else None,
                                        task.asr_model)
     except TranscriptError as exc:
-        raise failed("transcript", "TranscriptError", str(exc)) from None
+        raise _failed(task, "transcript", "TranscriptError", str(exc)) from None
     if _test_hook(task.path, "hang"):
         time.sleep(3600)
     if _test_hook(task.path, "crash"):
@@ -157,7 +154,7 @@ def prepare_video(task: VideoTask) -> Iterator[Header | Chunk]:
     try:
         source = open_video(path, task.decode_threads, task.resize_size)
     except DecodeError as exc:
-        raise failed(exc.stage, "DecodeError", str(exc)) from None
+        raise _failed(task, exc.stage, "DecodeError", str(exc)) from None
     try:
         info = source.info
         plan = plan_clips(info.duration, info.frame_starts, transcript, mode=task.clip_mode,
@@ -183,11 +180,10 @@ def prepare_segment(task: SegmentTask) -> Iterator[Chunk]:
     try:
         source = open_video(Path(video.path), video.decode_threads, video.resize_size, probe=task.probe)
     except DecodeError as exc:
-        raise VideoFailed(Failure(video.given, exc.stage, "DecodeError", str(exc))) from None
+        raise _failed(video, exc.stage, "DecodeError", str(exc)) from None
     try:
         if (source.info.decoder, source.info.frame_count) != (task.decoder, task.frame_count):
-            raise VideoFailed(Failure(video.given, "decode", "FileChanged",
-                                      "file changed while being read; it will be retried next run"))
+            raise _failed(video, "decode", "FileChanged", FILE_CHANGED)
         yield from _read_chunks(source, video, task.first_clip, task.clip_frames)
     finally:
         source.close()
@@ -206,7 +202,7 @@ def _read_chunks(source: Any, task: VideoTask, first_clip: int,
         try:
             frames = source.read(unique)
         except DecodeError as exc:
-            raise VideoFailed(Failure(task.given, "decode", "DecodeError", str(exc))) from None
+            raise _failed(task, "decode", "DecodeError", str(exc)) from None
         except Exception as exc:  # decord raises its own types and RuntimeError
             raise VideoFailed(Failure.unexpected(task.given, "decode", exc)) from None
         if _test_hook(task.path, "modify") and first_clip + offset == 0:
@@ -223,10 +219,16 @@ def _unchanged(task: VideoTask, size: int, mtime: float) -> None:
     try:
         after = Path(task.path).stat()
     except OSError as exc:
-        raise VideoFailed(Failure(task.given, "decode", type(exc).__name__, exc.strerror or str(exc))) from None
+        raise _failed(task, "decode", type(exc).__name__, exc.strerror or str(exc)) from None
     if (after.st_size, after.st_mtime) != (size, mtime):
-        raise VideoFailed(Failure(task.given, "decode", "FileChanged",
-                                  "file changed while being read; it will be retried next run"))
+        raise _failed(task, "decode", "FileChanged", FILE_CHANGED)
+
+
+FILE_CHANGED = "file changed while being read; it will be retried next run"
+
+
+def _failed(task: VideoTask, stage: str, error_type: str, message: str) -> VideoFailed:
+    return VideoFailed(Failure(task.given, stage, error_type, message))
 
 
 STARTUP_LIMIT = 300.0  # seconds a fresh worker may take to import its libraries
@@ -394,6 +396,11 @@ class DecodePool:
         self.budget = buffered_chunks or 4 * count
         self.ahead = ahead or 2 * count + 1
         self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one list of videos (`run`), as it starts."""
         self._videos: dict[int, _Video] = {}
         self._pending: list[tuple[int, int, Any]] = []  # heap of (video, segment, SegmentTask)
         self._head = 0  # the video the main thread reads or waits for
@@ -402,7 +409,6 @@ class DecodePool:
         self._buffered = 0  # chunks in the videos' buffers
         self._error: BaseException | None = None
         self._closing = False
-        self._thread: threading.Thread | None = None
 
     def run(self, items: Iterable[T], task_of: Callable[[T], VideoTask]
             ) -> Iterator[tuple[T, Iterator[Header | Chunk | Failure]]]:
@@ -412,9 +418,7 @@ class DecodePool:
         for worker in self.workers:
             if worker.unit is not None:  # still on a unit of the last list: its messages are not for this one
                 worker.restart()
-        self._videos, self._pending, self._buffered, self._error = {}, [], 0, None
-        self._head = self._next = 0
-        self._exhausted = self._closing = False
+        self._reset()
         self._thread = threading.Thread(target=self._dispatch, args=(iter(items), task_of), daemon=True,
                                          name="videobert-dispatch")
         self._thread.start()
@@ -472,8 +476,7 @@ class DecodePool:
             video.closed = True
             self._buffered -= sum(1 for b in video.buffers.values() for m in b if isinstance(m, Chunk))
             video.buffers.clear()
-            self._pending = [p for p in self._pending if p[0] != video.index]
-            heapq.heapify(self._pending)
+            self._drop_pending(video)
             self._videos.pop(video.index, None)
             self._cond.notify_all()
 
@@ -550,14 +553,18 @@ class DecodePool:
                     self._route(video, segment, message)
         return moved
 
+    def _drop_pending(self, video: _Video) -> None:
+        """With the lock held: the segments of `video` not handed out yet are not needed any more."""
+        self._pending = [p for p in self._pending if p[0] != video.index]
+        heapq.heapify(self._pending)
+
     def _route(self, video: _Video | None, segment: int, message: Header | Chunk | End | Failure) -> None:
         """With the lock held: one message into its video's buffer."""
         if video is None or video.closed or video.failure is not None:
             return  # the main thread dropped it, or it already failed: the rest is not needed
         if isinstance(message, Failure):
             video.failure = message
-            self._pending = [p for p in self._pending if p[0] != video.index]
-            heapq.heapify(self._pending)
+            self._drop_pending(video)
         elif isinstance(message, End):
             video.ended.add(segment)
         else:
